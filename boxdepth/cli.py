@@ -1,0 +1,125 @@
+"""`boxdepth` command line: thin verbs over the library.
+
+Each verb parses its arguments, calls one library function and prints what it made.
+Expected failures (bad files, bad configs) end with one clear line on stderr and exit
+status 2; `--debug` shows the traceback instead.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from boxdepth import __version__
+
+log = logging.getLogger("boxdepth")
+
+
+def _parse_size(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must look like 256x192, got {text!r}") from None
+    if w < 32 or h < 32:
+        raise argparse.ArgumentTypeError(f"size {text} is too small (at least 32x32)")
+    return w, h
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from boxdepth.data.synthetic import format_summary, generate_synthetic_dataset
+
+    summary = generate_synthetic_dataset(
+        args.out, n_train=args.train, n_val=args.val, size=args.size, seed=args.seed,
+        camouflage=args.camouflage, depth_error=args.depth_error, progress=not args.quiet)
+    print(format_summary(summary))
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from boxdepth.data.inspect import format_inspect_report, inspect_dataset
+
+    report = inspect_dataset(args.json, args.images, args.depth,
+                             skip_bad_images=args.skip_bad_images,
+                             allow_missing_depth=args.allow_missing_depth)
+    print(format_inspect_report(report))
+    return 1 if report["errors"] else 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from boxdepth.engine.evaluate import format_metrics_table, run_eval_files
+
+    if not (args.gt and args.results):
+        raise SystemExit("boxdepth eval: give --gt GT.json --results DETS.json")
+    metrics = run_eval_files(args.gt, args.results, args.out)
+    print(format_metrics_table(metrics))
+    if args.out:
+        print(f"wrote {args.out}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from boxdepth.demo import run_demo
+
+    run_demo(out_dir=args.out)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="boxdepth", description=__doc__.splitlines()[0])
+    p.add_argument("--version", action="version", version=f"boxdepth {__version__}")
+    p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("synth", help="generate the embedded synthetic RGB-D dataset")
+    s.add_argument("--out", required=True, type=Path, help="output folder")
+    s.add_argument("--train", type=int, default=300, help="training images (default 300)")
+    s.add_argument("--val", type=int, default=100, help="validation images (default 100)")
+    s.add_argument("--size", type=_parse_size, default=(256, 192), help="WxH (default 256x192)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--camouflage", type=float, default=0.3,
+                   help="fraction of objects coloured like their surroundings (default 0.3)")
+    s.add_argument("--depth-error", type=float, default=1.0,
+                   help="pseudo-depth degradation level; 0 = exact (default 1.0)")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(func=cmd_synth)
+
+    s = sub.add_parser("inspect", help="load a COCO dataset as training would and summarise it")
+    s.add_argument("--json", required=True, type=Path, help="COCO annotation file")
+    s.add_argument("--images", required=True, type=Path, help="image root")
+    s.add_argument("--depth", type=Path, default=None, help="pseudo-depth root (optional)")
+    s.add_argument("--skip-bad-images", action="store_true")
+    s.add_argument("--allow-missing-depth", action="store_true")
+    s.set_defaults(func=cmd_inspect)
+
+    s = sub.add_parser("eval", help="score a COCO results file (bbox and segm AP)")
+    s.add_argument("--gt", type=Path, help="ground-truth COCO json (with masks for segm AP)")
+    s.add_argument("--results", type=Path, help="COCO results json")
+    s.add_argument("--out", type=Path, default=None, help="write metrics.json here")
+    s.set_defaults(func=cmd_eval)
+
+    s = sub.add_parser("demo", help="the main job on the embedded synthetic dataset")
+    s.add_argument("--out", type=Path, default=Path("runs/demo"), help="run folder (default runs/demo)")
+    s.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from boxdepth.config import ConfigError
+
+    try:
+        return int(args.func(args) or 0)
+    except (FileNotFoundError, ValueError, ConfigError, PermissionError) as e:
+        if args.debug:
+            raise
+        print(f"boxdepth {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"boxdepth {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
