@@ -1,0 +1,40 @@
+"""`build_model(cfg)`: the one place that reads the config to assemble CondInst (SPEC §1).
+
+Keys read: model.backbone.{name, norm, freeze_at, weights, width}, model.fpn.out_channels,
+model.fcos.*, model.mask_branch.*, model.mask_head.*, model.depth_head,
+model.mask_threshold, input.{pixel_mean, pixel_std, format}.
+"""
+from __future__ import annotations
+
+from boxdepth.models.backbones import build_backbone
+from boxdepth.models.condinst import CondInst
+from boxdepth.models.dynamic_head import DynamicMaskHead
+from boxdepth.models.fcos import FCOSHead, FCOSTargetAssigner
+from boxdepth.models.fpn import FPN
+from boxdepth.models.mask_branch import MaskBranch
+
+
+def build_model(cfg) -> CondInst:
+    m = cfg.model
+    if m.fcos.num_classes is None:
+        raise ValueError("model.fcos.num_classes is not set (training fills it in from the json)")
+    bb, fc, mb, mh = m.backbone, m.fcos, m.mask_branch, m.mask_head
+    backbone = build_backbone(bb.name, norm=bb.norm, freeze_at=bb.freeze_at, weights=bb.weights, width=bb.width)
+    fpn = FPN(backbone.out_channels, out_channels=m.fpn.out_channels)
+    mask_head = DynamicMaskHead(in_channels=mb.out_channels, channels=mh.channels, num_layers=mh.num_layers,
+                                sizes_of_interest=tuple(mh.sizes_of_interest), depth_head=bool(m.depth_head),
+                                mask_out_stride=mh.mask_out_stride)
+    head = FCOSHead(m.fpn.out_channels, fc.num_classes, num_convs=fc.num_convs, norm=fc.norm,
+                    prior_prob=fc.prior_prob, num_levels=len(fc.strides),
+                    num_controller_params=mask_head.num_params)
+    mask_branch = MaskBranch(m.fpn.out_channels, channels=mb.channels, num_convs=mb.num_convs,
+                             out_channels=mb.out_channels, norm=mb.norm)
+    assigner = FCOSTargetAssigner(list(fc.strides), num_classes=fc.num_classes,
+                                  sizes_of_interest=list(fc.sizes_of_interest),
+                                  center_sample_radius=fc.center_sample_radius)
+    return CondInst(backbone, fpn, head, mask_branch, mask_head, assigner, num_classes=fc.num_classes,
+                    pixel_mean=list(cfg.input.pixel_mean), pixel_std=list(cfg.input.pixel_std),
+                    input_format=cfg.input.format, strides=list(fc.strides),
+                    topk_proposals_per_im=mh.topk_proposals_per_im, inference_th=fc.inference_th,
+                    pre_nms_topk=fc.pre_nms_topk, nms_th=fc.nms_th, post_nms_topk=fc.post_nms_topk,
+                    mask_threshold=m.mask_threshold)

@@ -1,0 +1,189 @@
+"""CondInst / BoxInst with the optional DG-MaskHead (SPEC §1, Eq. 1).
+
+forward(images uint8 (B, 3, Hp, Wp) RGB, image_mask bool (B, Hp, Wp) or None,
+targets=None). Hp, Wp must be multiples of 32 (the padded canvas); normalisation
+(flip to BGR if input_format == "BGR", then (x - mean) / std, padding set to 0) happens
+here.
+
+Training (targets: list of {"boxes": (G, 4) XYXY on the canvas, "labels": (G,)})
+returns, with M locations per image and K classes:
+  cls_logits (B*M, K), bbox_reg (B*M, 4), ctrness (B*M,), labels (B*M,) (K = bg),
+  reg_targets (B*M, 4)  -- image-major, then level-major, then row-major
+  mask_feats (B, C_mask, Hp/8, Wp/8)
+  proposals: im_inds (N,), gt_inds (N,) index into targets[im_ind], locations (N, 2),
+    fpn_levels (N,), scores (N,) (detached ranking score), mask_logits (N, 1, Hp/4, Wp/4),
+    depth_logits (N, 1, Hp/4, Wp/4) or None.
+Inference returns per image {"boxes" (D, 4) XYXY on the canvas, "scores" (D,) =
+sqrt(sigmoid(cls) * sigmoid(ctr)), "labels" (D,), "mask_probs" (D, 1, Hp/4, Wp/4),
+"depth_probs" (D, 1, Hp/4, Wp/4) or None}; `postprocess_detections` maps one to the
+original image.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from boxdepth.models.fcos import compute_locations, decode_detections, flatten_levels
+from boxdepth.ops.pairwise import aligned_bilinear
+
+SIZE_DIVISIBILITY = 32
+
+
+def select_training_proposals(im_inds: torch.Tensor, gt_inds: torch.Tensor, scores: torch.Tensor,
+                              topk_per_im: int) -> torch.Tensor:
+    """Indices of the kept positives (SPEC §1 "Training proposals").
+
+    Per image, the n_gt boxes that own at least one positive location (as AdelaiDet:
+    a box without positives cannot get a proposal) each keep their
+    max(topk_per_im // n_gt, 1) highest-`scores` positives. topk_per_im < 0 keeps all.
+    """
+    if topk_per_im < 0:
+        return torch.arange(len(im_inds), device=im_inds.device)
+    keep = []
+    for im in im_inds.unique():
+        in_im = (im_inds == im).nonzero(as_tuple=True)[0]
+        gts = gt_inds[in_im].unique()
+        per_gt = max(topk_per_im // len(gts), 1)
+        for g in gts:
+            idx = in_im[gt_inds[in_im] == g]
+            if len(idx) > per_gt:
+                idx = idx[scores[idx].topk(per_gt).indices]
+            keep.append(idx)
+    return torch.cat(keep) if keep else im_inds.new_zeros(0)
+
+
+class CondInst(nn.Module):
+    def __init__(self, backbone: nn.Module, fpn: nn.Module, fcos_head: nn.Module, mask_branch: nn.Module,
+                 mask_head: nn.Module, target_assigner, *, num_classes: int, pixel_mean, pixel_std,
+                 input_format: str = "RGB", strides=(8, 16, 32, 64, 128), topk_proposals_per_im: int = 64,
+                 inference_th: float = 0.05, pre_nms_topk: int = 1000, nms_th: float = 0.6,
+                 post_nms_topk: int = 100, mask_threshold: float = 0.5):
+        super().__init__()
+        if input_format not in ("RGB", "BGR"):
+            raise ValueError(f"CondInst: input_format must be RGB or BGR, got {input_format!r}")
+        self.backbone, self.fpn, self.fcos_head = backbone, fpn, fcos_head
+        self.mask_branch, self.mask_head = mask_branch, mask_head
+        self.target_assigner = target_assigner
+        self.num_classes = num_classes
+        self.input_format = input_format
+        self.strides = [int(s) for s in strides]
+        self.topk_proposals_per_im = topk_proposals_per_im
+        self.inference_th, self.pre_nms_topk = inference_th, pre_nms_topk
+        self.nms_th, self.post_nms_topk = nms_th, post_nms_topk
+        self.mask_threshold = mask_threshold
+        self.mask_feat_stride = getattr(mask_branch, "out_stride", 8)
+        self.mask_out_stride = mask_head.mask_out_stride
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(1, 3, 1, 1), False)
+        self.register_buffer("pixel_std", torch.tensor(pixel_std, dtype=torch.float32).view(1, 3, 1, 1), False)
+
+    def normalize(self, images: torch.Tensor, image_mask: torch.Tensor | None) -> torch.Tensor:
+        x = images.to(self.pixel_mean.device, torch.float32)
+        if self.input_format == "BGR":
+            x = x.flip(1)
+        x = (x - self.pixel_mean) / self.pixel_std
+        if image_mask is not None:
+            # zero padding after normalisation, as detectron2 pads the normalised tensor
+            x = x * image_mask.to(x.device)[:, None].to(x.dtype)
+        return x
+
+    def forward(self, images: torch.Tensor, image_mask: torch.Tensor | None = None, targets=None):
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise ValueError(f"CondInst: images must be (B, 3, H, W), got {tuple(images.shape)}")
+        hp, wp = images.shape[-2:]
+        if hp % SIZE_DIVISIBILITY or wp % SIZE_DIVISIBILITY:
+            raise ValueError(f"CondInst: padded image size {hp}x{wp} is not a multiple of {SIZE_DIVISIBILITY}")
+        x = self.normalize(images, image_mask)
+        feats = self.fpn(self.backbone(x))
+        head_out = self.fcos_head(feats)
+        mask_feats = self.mask_branch(feats[:3])
+        locations = compute_locations([f.shape[-2:] for f in feats], self.strides, x.device)
+        if targets is not None:
+            return self.forward_train(head_out, mask_feats, locations, targets)
+        return self.forward_inference(head_out, mask_feats, locations, (hp, wp))
+
+    def forward_train(self, head_out: dict, mask_feats: torch.Tensor, locations: list[torch.Tensor],
+                      targets: list[dict]) -> dict:
+        if len(targets) != mask_feats.shape[0]:
+            raise ValueError(f"CondInst: {len(targets)} targets for {mask_feats.shape[0]} images")
+        assigned = self.target_assigner(locations, targets)
+        cls = flatten_levels(head_out["cls_logits"])
+        b, m, k = cls.shape
+        out = {"cls_logits": cls.reshape(b * m, k),
+               "bbox_reg": flatten_levels(head_out["bbox_reg"]).reshape(b * m, 4),
+               "ctrness": flatten_levels(head_out["ctrness"]).reshape(b * m),
+               "labels": assigned["labels"].reshape(b * m),
+               "reg_targets": assigned["reg_targets"].reshape(b * m, 4),
+               "mask_feats": mask_feats}
+        params = flatten_levels(head_out["controller"]).reshape(b * m, -1)
+        pos = (out["labels"] != self.num_classes).nonzero(as_tuple=True)[0]
+        levels = torch.cat([torch.full((len(l),), i, dtype=torch.long, device=pos.device)
+                            for i, l in enumerate(locations)])
+        with torch.no_grad():
+            scores = out["cls_logits"][pos].sigmoid().max(dim=1).values * out["ctrness"][pos].sigmoid()
+        im_inds, loc_inds = pos // m, pos % m
+        gt_inds = assigned["gt_inds"].reshape(b * m)[pos]
+        keep = select_training_proposals(im_inds, gt_inds, scores, self.topk_proposals_per_im)
+        pos, im_inds, loc_inds = pos[keep], im_inds[keep], loc_inds[keep]
+        prop = {"im_inds": im_inds, "gt_inds": gt_inds[keep], "locations": torch.cat(locations)[loc_inds],
+                "fpn_levels": levels[loc_inds], "scores": scores[keep]}
+        prop.update(self.mask_head(mask_feats, self.mask_feat_stride, prop["im_inds"], prop["locations"],
+                                   prop["fpn_levels"], params[pos]))
+        out["proposals"] = prop
+        return out
+
+    def forward_inference(self, head_out: dict, mask_feats: torch.Tensor, locations: list[torch.Tensor],
+                          canvas_hw: tuple[int, int]) -> list[dict]:
+        results = []
+        for i in range(mask_feats.shape[0]):
+            det = decode_detections(head_out, locations, self.strides, i, inference_th=self.inference_th,
+                                    pre_nms_topk=self.pre_nms_topk, nms_th=self.nms_th,
+                                    post_nms_topk=self.post_nms_topk, canvas_hw=canvas_hw)
+            # one image at a time bounds the grouped-conv input to post_nms_topk instances
+            im_inds = torch.zeros(len(det["boxes"]), dtype=torch.long, device=mask_feats.device)
+            heads = self.mask_head(mask_feats[i:i + 1], self.mask_feat_stride, im_inds, det["locations"],
+                                   det["fpn_levels"], det["params"])
+            depth = heads["depth_logits"]
+            results.append({"boxes": det["boxes"], "scores": det["scores"], "labels": det["labels"],
+                            "mask_probs": heads["mask_logits"].sigmoid(),
+                            "depth_probs": depth.sigmoid() if depth is not None else None})
+        return results
+
+    def postprocess(self, det: dict, input_size_hw, orig_size_hw) -> dict:
+        return postprocess_detections(det, input_size_hw, orig_size_hw, self.mask_threshold,
+                                      mask_stride=self.mask_out_stride)
+
+
+def _probs_to_original(probs: torch.Tensor, mask_stride: int, input_hw, orig_hw, chunk: int = 16) -> torch.Tensor:
+    """(D, 1, Hp/s, Wp/s) -> (D, H0, W0): canvas, crop to the resized image, bilinear to H0 x W0."""
+    out = []
+    for part in probs.float().split(chunk):  # chunks bound memory at large original sizes
+        up = aligned_bilinear(part, mask_stride)[:, :, :input_hw[0], :input_hw[1]]
+        out.append(F.interpolate(up, size=tuple(orig_hw), mode="bilinear", align_corners=False)[:, 0])
+    return torch.cat(out) if out else probs.new_zeros(0, *orig_hw, dtype=torch.float32)
+
+
+def postprocess_detections(det: dict, input_size_hw, orig_size_hw, mask_threshold: float = 0.5,
+                           mask_stride: int = 4) -> dict:
+    """One image's inference dict -> {"boxes" (D', 4) XYXY at the original size, "scores",
+    "labels", "masks" bool (D', H0, W0), "depth" float (D', H0, W0) or None}.
+
+    `input_size_hw` is the resized image before padding, `orig_size_hw` the original.
+    Boxes are clipped to the image and scaled; detections whose box is empty after
+    clipping are dropped (as detectron2's detector_postprocess).
+    """
+    h, w = (int(v) for v in input_size_hw)
+    h0, w0 = (int(v) for v in orig_size_hw)
+    canvas = det["mask_probs"].shape[-2] * mask_stride, det["mask_probs"].shape[-1] * mask_stride
+    if h > canvas[0] or w > canvas[1]:
+        raise ValueError(f"postprocess_detections: input size {h}x{w} exceeds the canvas {canvas[0]}x{canvas[1]}")
+    boxes = det["boxes"].float()
+    boxes = torch.stack([boxes[:, 0].clamp(0, w) * (w0 / w), boxes[:, 1].clamp(0, h) * (h0 / h),
+                         boxes[:, 2].clamp(0, w) * (w0 / w), boxes[:, 3].clamp(0, h) * (h0 / h)], dim=1)
+    keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+    masks = _probs_to_original(det["mask_probs"][keep], mask_stride, (h, w), (h0, w0)) > mask_threshold
+    depth = det.get("depth_probs")
+    if depth is not None:
+        depth = _probs_to_original(depth[keep], mask_stride, (h, w), (h0, w0))
+    return {"boxes": boxes[keep], "scores": det["scores"][keep], "labels": det["labels"][keep],
+            "masks": masks, "depth": depth}

@@ -1,0 +1,96 @@
+"""Normalisation layers by name, and FrozenBatchNorm2d (SPEC §1: backbones use FrozenBN).
+
+`get_norm(name, channels)` maps a config string to a module acting on (B, C, H, W):
+"BN" -> nn.BatchNorm2d, "SyncBN" -> nn.SyncBatchNorm, "GN" -> nn.GroupNorm(32, C),
+"FrozenBN" -> FrozenBatchNorm2d, "" / None -> nn.Identity.
+
+FrozenBatchNorm2d is BatchNorm2d with fixed statistics and affine parameters: its four
+tensors (weight, bias, running_mean, running_var) are buffers, so an optimiser never
+sees them and `model.train()` never updates them. It loads BatchNorm2d state dicts
+(num_batches_tracked is dropped).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+GN_GROUPS = 32  # GroupNorm(32) as in FCOS/CondInst (SPEC §1)
+NORM_NAMES = ("BN", "SyncBN", "GN", "FrozenBN", "")
+
+
+class FrozenBatchNorm2d(nn.Module):
+    """y = (x - running_mean) / sqrt(running_var + eps) * weight + bias, all fixed.
+
+    running_var starts at 1 - eps (as in detectron2) so that a freshly built layer, or
+    one loaded from an affine-only (Caffe2 AffineChannel) checkpoint that carries no
+    statistics, is exactly `x * weight + bias`.
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5):
+        super().__init__()
+        self.num_features = num_features
+        self.eps = eps
+        self.register_buffer("weight", torch.ones(num_features))
+        self.register_buffer("bias", torch.zeros(num_features))
+        self.register_buffer("running_mean", torch.zeros(num_features))
+        self.register_buffer("running_var", torch.ones(num_features) - eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale = self.weight * (self.running_var + self.eps).rsqrt()
+        shift = self.bias - self.running_mean * scale
+        return x * scale.view(1, -1, 1, 1).to(x.dtype) + shift.view(1, -1, 1, 1).to(x.dtype)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # BatchNorm2d checkpoints carry a step counter that has no meaning here.
+        state_dict.pop(prefix + "num_batches_tracked", None)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, eps={self.eps}"
+
+    @classmethod
+    def convert_frozen_batchnorm(cls, module: nn.Module) -> nn.Module:
+        """Return `module` with every BatchNorm2d/SyncBatchNorm replaced by a frozen copy.
+
+        A BN module passed directly is returned converted; otherwise children are
+        replaced in place and `module` itself is returned.
+        """
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            frozen = cls(module.num_features, eps=module.eps)
+            if module.affine:
+                frozen.weight.copy_(module.weight.detach())
+                frozen.bias.copy_(module.bias.detach())
+            if module.track_running_stats:
+                frozen.running_mean.copy_(module.running_mean)
+                frozen.running_var.copy_(module.running_var)
+            return frozen
+        for name, child in module.named_children():
+            new_child = cls.convert_frozen_batchnorm(child)
+            if new_child is not child:
+                setattr(module, name, new_child)
+        return module
+
+
+def get_norm(name: str | None, channels: int, *, eps: float = 1e-5) -> nn.Module:
+    """Normalisation module for `channels` feature maps, by config name (NORM_NAMES)."""
+    if not name:
+        return nn.Identity()
+    if name == "BN":
+        return nn.BatchNorm2d(channels, eps=eps)
+    if name == "SyncBN":
+        return nn.SyncBatchNorm(channels, eps=eps)
+    if name == "FrozenBN":
+        return FrozenBatchNorm2d(channels, eps=eps)
+    if name == "GN":
+        if channels % GN_GROUPS:
+            raise ValueError(f"norm 'GN' uses {GN_GROUPS} groups and needs a channel count divisible "
+                             f"by {GN_GROUPS}; got {channels} channels")
+        return nn.GroupNorm(GN_GROUPS, channels, eps=eps)
+    raise ValueError(f"unknown norm {name!r}; expected one of {NORM_NAMES}")
+
+
+def freeze_module(module: nn.Module) -> nn.Module:
+    """Stop all learning in `module`: no gradients, BN statistics frozen (returns it)."""
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return FrozenBatchNorm2d.convert_frozen_batchnorm(module)
