@@ -46,15 +46,65 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 1 if report["errors"] else 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from boxdepth.config import load_config
+    from boxdepth.engine import dist
+    from boxdepth.engine.trainer import train
+
+    cfg = load_config(args.config, args.overrides)
+    final = train(cfg, args.out, resume=args.resume, progress=not args.quiet)
+    if dist.is_main_process():
+        print(f"wrote {final}")
+    if cfg.data.val_json and not args.no_eval:
+        _evaluate_checkpoint(final, cfg, args.out, quiet=args.quiet)
+    dist.cleanup()
+    return 0
+
+
+def _evaluate_checkpoint(weights: Path, cfg, out_dir: Path, quiet: bool = False) -> dict:
+    from boxdepth.data.build import build_dataset
+    from boxdepth.engine import dist
+    from boxdepth.engine.evaluate import format_metrics_table
+    from boxdepth.engine.inference import evaluate_model, load_trained_model
+
+    device = dist.init_distributed(cfg.device)
+    model, cfg, _ = load_trained_model(weights, device, cfg)
+    dataset = build_dataset(cfg, "val", is_train=False)
+    metrics = evaluate_model(model, dataset, cfg.data.val_json, device, out_dir=out_dir,
+                             progress=not quiet)
+    if dist.is_main_process():
+        print(format_metrics_table(metrics))
+        print(f"wrote {Path(out_dir) / 'metrics.json'}")
+    return metrics
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from boxdepth.engine.evaluate import format_metrics_table, run_eval_files
 
+    if args.config is not None:
+        if not args.weights:
+            raise ValueError("boxdepth eval CONFIG needs --weights CKPT")
+        from boxdepth.config import load_config
+        cfg = load_config(args.config, args.overrides)
+        out_dir = args.out.parent if args.out else Path(args.weights).parent
+        _evaluate_checkpoint(Path(args.weights), cfg, out_dir)
+        return 0
     if not (args.gt and args.results):
-        raise SystemExit("boxdepth eval: give --gt GT.json --results DETS.json")
+        raise ValueError("give either CONFIG --weights CKPT, or --gt GT.json --results DETS.json")
     metrics = run_eval_files(args.gt, args.results, args.out)
     print(format_metrics_table(metrics))
     if args.out:
         print(f"wrote {args.out}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from boxdepth.engine.predict import run_predict
+
+    summary = run_predict(args.weights, args.inputs, args.out, device=args.device,
+                          score_thresh=args.score_thresh, save_depth=args.save_depth,
+                          progress=not args.quiet)
+    print(f"{summary['images']} images, {summary['detections']} detections -> {args.out}")
     return 0
 
 
@@ -92,11 +142,37 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--allow-missing-depth", action="store_true")
     s.set_defaults(func=cmd_inspect)
 
-    s = sub.add_parser("eval", help="score a COCO results file (bbox and segm AP)")
+    s = sub.add_parser("train", help="train a model (plain python or under torchrun)")
+    s.add_argument("config", help="YAML config (path or packaged name, e.g. synth_boxinst)")
+    s.add_argument("overrides", nargs="*", help="key=value config overrides")
+    s.add_argument("--out", required=True, type=Path, help="run directory")
+    s.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
+    s.add_argument("--no-eval", action="store_true", help="skip the evaluation at the end")
+    s.add_argument("--quiet", action="store_true", help="no progress bars")
+    s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("eval", help="evaluate a checkpoint, or score a COCO results file",
+                       description="boxdepth eval CONFIG --weights CKPT [key=value ...] | "
+                                   "boxdepth eval --gt GT.json --results DETS.json [--out metrics.json]")
+    s.add_argument("config", nargs="?", help="YAML config of the model to evaluate")
+    s.add_argument("overrides", nargs="*", help="key=value config overrides")
+    s.add_argument("--weights", type=Path, help="checkpoint (with CONFIG)")
     s.add_argument("--gt", type=Path, help="ground-truth COCO json (with masks for segm AP)")
     s.add_argument("--results", type=Path, help="COCO results json")
     s.add_argument("--out", type=Path, default=None, help="write metrics.json here")
     s.set_defaults(func=cmd_eval)
+
+    s = sub.add_parser("predict", help="run a checkpoint on images: COCO results, overlays, masks")
+    s.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
+    s.add_argument("--weights", required=True, type=Path, help="checkpoint")
+    s.add_argument("--out", required=True, type=Path, help="output folder")
+    s.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    s.add_argument("--score-thresh", type=float, default=0.3,
+                   help="minimum score for overlays and mask PNGs (results.json keeps all)")
+    s.add_argument("--save-depth", action="store_true",
+                   help="also save predicted instance depth (DG-MaskHead models)")
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(func=cmd_predict)
 
     s = sub.add_parser("demo", help="the main job on the embedded synthetic dataset")
     s.add_argument("--out", type=Path, default=Path("runs/demo"), help="run folder (default runs/demo)")

@@ -1,0 +1,210 @@
+"""The training loop, one device or `torchrun` DDP, read top to bottom in `train`.
+
+Run directory layout (rank 0 writes everything):
+    config.yaml          the resolved config
+    model_<iter>.pth     periodic checkpoints (see engine/checkpoint.py), model_final.pth
+    metrics.jsonl        losses, lr and timings every `log.period` iterations
+    tb/                  TensorBoard scalars when tensorboard is installed
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from functools import partial
+from pathlib import Path
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from boxdepth.config import Config, save_config
+from boxdepth.data.build import build_dataset
+from boxdepth.data.sampler import SeededDataset, TrainingSampler
+from boxdepth.data.transforms import collate_batch
+from boxdepth.engine import dist
+from boxdepth.engine.checkpoint import last_checkpoint, load_checkpoint, save_checkpoint
+from boxdepth.engine.logging import MetricsWriter
+from boxdepth.engine.optim import build_lr_scheduler, build_optimizer
+from boxdepth.losses.build import build_criterion
+from boxdepth.models.build import build_model
+
+log = logging.getLogger("boxdepth")
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+def build_train_loader(cfg: Config, *, start_iter: int = 0) -> DataLoader:
+    """Endless loader of collated batches; each rank draws ims_per_batch / world_size images.
+    `loader.dataset.dataset` is the underlying CocoBoxDataset."""
+    world = dist.get_world_size()
+    if cfg.solver.ims_per_batch % world:
+        raise ValueError(f"solver.ims_per_batch={cfg.solver.ims_per_batch} is not divisible by "
+                         f"the number of processes ({world})")
+    per_rank = cfg.solver.ims_per_batch // world
+    generator = torch.Generator()
+    dataset = SeededDataset(build_dataset(cfg, "train", is_train=True, generator=generator), generator)
+    sampler = TrainingSampler(len(dataset), seed=cfg.seed, rank=dist.get_rank(), world_size=world,
+                              start=start_iter * per_rank)
+    workers = int(cfg.data.num_workers)
+    return DataLoader(dataset, batch_size=per_rank, sampler=sampler, num_workers=workers,
+                      collate_fn=partial(collate_batch, size_divisibility=cfg.input.size_divisibility),
+                      persistent_workers=workers > 0, pin_memory=torch.cuda.is_available())
+
+
+def batch_to_device(batch: dict, device: torch.device) -> dict:
+    out = dict(batch)
+    for k in ("images", "image_mask", "depth", "has_depth"):
+        if out.get(k) is not None:
+            out[k] = out[k].to(device, non_blocking=True)
+    out["targets"] = [{k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v
+                       for k, v in t.items()} for t in batch["targets"]]
+    return out
+
+
+def checkpoint_state(model, optimizer, scheduler, scaler, iteration: int, cfg: Config,
+                     meta: dict) -> dict:
+    return {"model": dist_unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler.is_enabled() else None,
+            "iteration": iteration, "config": cfg.to_dict(), "meta": meta}
+
+
+def dataset_meta(dataset) -> dict:
+    """What inference needs to name its outputs without the training json."""
+    return {"cat_ids": [int(c) for c in dataset.cat_ids], "class_names": list(dataset.class_names)}
+
+
+def dist_unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+def resolve_num_classes(cfg: Config, dataset) -> None:
+    """Fill model.fcos.num_classes from the training json, or check a value that was set."""
+    n = dataset.num_classes
+    if cfg.model.fcos.num_classes is None:
+        cfg.model.fcos.num_classes = n
+    elif int(cfg.model.fcos.num_classes) != n:
+        raise ValueError(f"model.fcos.num_classes={cfg.model.fcos.num_classes} but "
+                         f"{cfg.data.train_json} has {n} categories")
+
+
+def build_training(cfg: Config, device: torch.device):
+    """Model, criterion, optimizer, LR scheduler and AMP scaler for `cfg`."""
+    torch.manual_seed(cfg.seed)  # same initial weights on every rank
+    model = build_model(cfg).to(device)
+    if dist.is_dist() and device.type == "cuda" and cfg.model.mask_branch.norm == "BN":
+        model.mask_branch = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model.mask_branch)
+    criterion = build_criterion(cfg).to(device)
+    s = cfg.solver
+    optimizer = build_optimizer(model, base_lr=s.base_lr, momentum=s.momentum,
+                                weight_decay=s.weight_decay, weight_decay_norm=s.weight_decay_norm,
+                                bias_lr_factor=s.bias_lr_factor)
+    scheduler = build_lr_scheduler(optimizer, warmup_iters=s.warmup_iters,
+                                   warmup_factor=s.warmup_factor, steps=list(s.steps), gamma=s.gamma)
+    scaler = torch.amp.GradScaler("cuda", enabled=bool(s.amp) and device.type == "cuda")
+    return model, criterion, optimizer, scheduler, scaler
+
+
+def restore(path: Path, model, optimizer, scheduler, scaler, device) -> int:
+    """Load a training checkpoint into the objects; returns the iteration to continue from."""
+    ckpt = load_checkpoint(path, map_location=device)
+    model.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scheduler.load_state_dict(ckpt["scheduler"])
+    if scaler.is_enabled() and ckpt.get("scaler"):
+        scaler.load_state_dict(ckpt["scaler"])
+    log.info(f"resumed from {path} at iteration {ckpt['iteration']}")
+    return int(ckpt["iteration"])
+
+
+def train_step(model, criterion, optimizer, scheduler, scaler, batch: dict, iteration: int,
+               clip_grad_norm: float = 0.0) -> dict[str, float]:
+    """One optimisation step; returns the losses averaged over ranks (floats)."""
+    with torch.autocast(batch["images"].device.type, enabled=scaler.is_enabled()):
+        outputs = model(batch["images"], batch["image_mask"], batch["targets"])
+        losses = criterion(outputs, batch, iteration=iteration)
+    logged = dist.reduce_loss_dict(losses)
+    bad = [k for k, v in logged.items() if not math.isfinite(v)]
+    if bad:
+        raise NonFiniteLossError(f"loss term {', '.join(bad)} is not finite at iteration {iteration}")
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(sum(losses.values())).backward()
+    if clip_grad_norm > 0:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
+    scaler.step(optimizer)
+    scaler.update()
+    scheduler.step()
+    return logged
+
+
+def train(cfg: Config, out_dir: str | Path, *, resume: bool = False, progress: bool = True) -> Path:
+    """Train per `cfg` into `out_dir`; returns the final checkpoint's path."""
+    device = dist.init_distributed(cfg.device)
+    out_dir, is_main = Path(out_dir), dist.is_main_process()
+    last_good = last_checkpoint(out_dir) if resume else None
+    start_iter = int(load_checkpoint(last_good)["iteration"]) if last_good else 0
+    loader = build_train_loader(cfg, start_iter=start_iter)
+    meta = dataset_meta(loader.dataset.dataset)
+    resolve_num_classes(cfg, loader.dataset.dataset)
+    if is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out_dir / "config.yaml")
+    model, criterion, optimizer, scheduler, scaler = build_training(cfg, device)
+    if last_good:
+        restore(last_good, model, optimizer, scheduler, scaler, device)
+    elif resume:
+        log.info(f"--resume: no checkpoint in {out_dir}; starting from scratch")
+    if dist.is_dist():
+        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    writer = MetricsWriter(out_dir, enabled=is_main, tensorboard=cfg.log.tensorboard)
+    max_iter, period = int(cfg.solver.max_iter), int(cfg.log.period)
+    bar = tqdm(total=max_iter, initial=start_iter, disable=not (progress and is_main),
+               desc="train", dynamic_ncols=True)
+    model.train()
+    data_iter, timer = iter(loader), {"data": 0.0, "step": 0.0, "n": 0}
+    for iteration in range(start_iter, max_iter):
+        t0 = time.perf_counter()
+        batch = batch_to_device(next(data_iter), device)
+        t1 = time.perf_counter()
+        try:
+            logged = train_step(model, criterion, optimizer, scheduler, scaler, batch, iteration,
+                                cfg.solver.clip_grad_norm)
+        except NonFiniteLossError as e:
+            kept = f"last good checkpoint: {last_good}" if last_good else "no checkpoint written yet"
+            raise NonFiniteLossError(f"{e}; {kept}") from None
+        timer["data"] += t1 - t0
+        timer["step"] += time.perf_counter() - t1
+        timer["n"] += 1
+        done = iteration + 1
+        if done % period == 0 or done == max_iter:
+            writer.write(done, {**logged, "loss": sum(logged.values()),
+                                "lr": optimizer.param_groups[0]["lr"],
+                                "time_data": timer["data"] / timer["n"],
+                                "time_step": timer["step"] / timer["n"]})
+            timer = {"data": 0.0, "step": 0.0, "n": 0}
+        bar.set_postfix(_short_losses(logged), refresh=False)
+        bar.update(1)
+        if is_main and cfg.solver.checkpoint_period > 0 and done % cfg.solver.checkpoint_period == 0 \
+                and done < max_iter:
+            last_good = save_checkpoint(out_dir / f"model_{done:07d}.pth", checkpoint_state(
+                model, optimizer, scheduler, scaler, done, cfg, meta))
+    bar.close()
+    final = out_dir / "model_final.pth"
+    if is_main:
+        save_checkpoint(final, checkpoint_state(model, optimizer, scheduler, scaler, max_iter, cfg, meta))
+    writer.close()
+    dist.barrier()
+    return final
+
+
+def _short_losses(logged: dict[str, float]) -> dict[str, str]:
+    keys = ("loss_fcos_cls", "loss_fcos_loc", "loss_prj", "loss_pairwise", "loss_mask",
+            "loss_depth", "loss_cons")
+    out = {"loss": f"{sum(logged.values()):.3f}"}
+    out.update({k[5:].replace("fcos_", ""): f"{logged[k]:.3f}" for k in keys if k in logged})
+    return out

@@ -1,0 +1,108 @@
+"""`CondInstCriterion`: all training losses from the network's outputs (SPEC §2, Eq. 6).
+
+Inputs: `outputs` of `CondInst.forward` in training (see models/condinst.py) and the
+collated `batch` (data/transforms.py: images uint8 (B,3,Hp,Wp), image_mask (B,Hp,Wp),
+depth (B,1,Hp,Wp) d01 or None, has_depth (B,), targets with boxes/labels/masks/size/
+orig_size). Returns a dict of weighted scalar losses:
+    loss_fcos_cls, loss_fcos_loc, loss_fcos_ctr          FCOS
+    loss_prj, loss_pairwise                              BoxInst (loss.mode=box)
+    loss_depth (Eq. 2), loss_cons (Eqs. 3-4)             when depth is given and switched on
+    loss_mask                                            dice to GT masks (loss.mode=mask)
+All mask terms live at the mask output stride (4): box masks, the image average-pooled
+for the Lab colour similarity and the pseudo depth average-pooled for d01 / d255.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from boxdepth.losses.boxinst import (bottom_pixels_mask, boxes_to_stride_masks, dice_loss,
+                                     pairwise_loss, pairwise_neg_log_same, projection_loss)
+from boxdepth.losses.depth import depth_consistency_loss, depth_similarity, instance_depth_loss
+from boxdepth.losses.fcos import fcos_losses_from_outputs
+from boxdepth.ops.pairwise import color_similarity, rgb_to_lab
+
+
+class CondInstCriterion(nn.Module):
+    def __init__(self, *, num_classes: int, mode: str = "box", focal_alpha: float = 0.25,
+                 focal_gamma: float = 2.0, mask_out_stride: int = 4,
+                 projection_weight: float = 1.0, pairwise_weight: float = 1.0,
+                 pairwise_size: int = 3, pairwise_dilation: int = 2,
+                 pairwise_color_thresh: float = 0.3, warmup_iters: int = 10000,
+                 bottom_pixels_removed: float = 10, depth_weight: float = 1.0,
+                 cons_weight: float = 1.0, cons_tau: float = 0.5, cons_kappa: float = 0.5,
+                 cons_inside_box: bool = True):
+        super().__init__()
+        if mode not in ("box", "mask"):
+            raise ValueError(f"loss.mode must be 'box' or 'mask', got {mode!r}")
+        self.num_classes, self.mode = num_classes, mode
+        self.focal_alpha, self.focal_gamma = focal_alpha, focal_gamma
+        self.stride = mask_out_stride
+        self.projection_weight, self.pairwise_weight = projection_weight, pairwise_weight
+        self.k, self.dilation = pairwise_size, pairwise_dilation
+        self.color_thresh, self.warmup_iters = pairwise_color_thresh, warmup_iters
+        self.bottom_pixels_removed = bottom_pixels_removed
+        self.depth_weight, self.cons_weight = depth_weight, cons_weight
+        self.cons_tau, self.cons_kappa, self.cons_inside_box = cons_tau, cons_kappa, cons_inside_box
+
+    def warmup(self, iteration: int) -> float:
+        """Linear ramp 0 -> 1 of the pairwise and consistency weights (SPEC §2)."""
+        return min(float(iteration) / self.warmup_iters, 1.0) if self.warmup_iters > 0 else 1.0
+
+    def forward(self, outputs: dict, batch: dict, iteration: int) -> dict[str, torch.Tensor]:
+        losses = fcos_losses_from_outputs(outputs, num_classes=self.num_classes,
+                                          focal_alpha=self.focal_alpha, focal_gamma=self.focal_gamma)
+        props = outputs["proposals"]
+        logits = props["mask_logits"].float()
+        # keeps the mask branch in the graph when a batch has no proposal (DDP needs every grad)
+        anchor = outputs["mask_feats"].float().sum() * 0
+        flat_gt = self._flat_gt_index(props, batch["targets"])
+        hp, wp = batch["images"].shape[-2:]
+        if self.mode == "mask":
+            gt = torch.cat([t["masks"] for t in batch["targets"]])[flat_gt]
+            s0 = self.stride // 2
+            gt = gt[:, None, s0::self.stride, s0::self.stride].float()
+            losses["loss_mask"] = dice_loss(logits.sigmoid(), gt).sum() / max(len(gt), 1) + anchor
+            return losses
+        all_boxes = torch.cat([t["boxes"] for t in batch["targets"]])
+        box_masks = boxes_to_stride_masks(all_boxes, (hp, wp), self.stride)[flat_gt]
+        losses["loss_prj"] = self.projection_weight * projection_loss(logits.sigmoid(), box_masks) + anchor
+        valid = bottom_pixels_mask([t["size"] for t in batch["targets"]],
+                                   [t["orig_size"][0] for t in batch["targets"]], (hp, wp),
+                                   self.bottom_pixels_removed, stride=self.stride,
+                                   device=logits.device)
+        neg_log_same = pairwise_neg_log_same(logits, self.k, self.dilation)
+        warm = self.warmup(iteration)
+        if self.pairwise_weight > 0:
+            lab = rgb_to_lab(F.avg_pool2d(batch["images"].float(), self.stride, self.stride))
+            sim = color_similarity(lab, valid, self.k, self.dilation)[props["im_inds"]]
+            weights = (sim >= self.color_thresh).float() * box_masks
+            losses["loss_pairwise"] = self.pairwise_weight * warm * pairwise_loss(neg_log_same, weights)
+        if batch.get("depth") is not None:
+            losses.update(self._depth_losses(props, batch, box_masks, valid, neg_log_same, warm))
+        return losses
+
+    @staticmethod
+    def _flat_gt_index(props: dict, targets: list[dict]) -> torch.Tensor:
+        """Index of each proposal's GT in the concatenation of all images' boxes."""
+        counts = torch.tensor([len(t["boxes"]) for t in targets], device=props["im_inds"].device)
+        offsets = torch.cumsum(counts, 0) - counts
+        return offsets[props["im_inds"]] + props["gt_inds"]
+
+    def _depth_losses(self, props, batch, box_masks, valid, neg_log_same, warm) -> dict:
+        d01 = F.avg_pool2d(batch["depth"].float(), self.stride, self.stride)
+        has = batch["has_depth"].to(d01.device).float()
+        inst_has = has[props["im_inds"]][:, None, None, None]  # images without depth add nothing
+        out = {}
+        depth_logits = props.get("depth_logits")
+        if depth_logits is not None and self.depth_weight > 0:
+            out["loss_depth"] = self.depth_weight * instance_depth_loss(
+                depth_logits.float().sigmoid(), d01[props["im_inds"]], box_masks * inst_has)
+        if self.cons_weight > 0:
+            sim = depth_similarity(255.0 * d01, valid, self.k, self.dilation, self.cons_kappa)
+            centre = valid[props["im_inds"]][:, None] * inst_has
+            out["loss_cons"] = self.cons_weight * warm * depth_consistency_loss(
+                neg_log_same, sim[props["im_inds"]], box_masks * inst_has, self.cons_tau,
+                inside_box=self.cons_inside_box, image_mask=centre)
+        return out
