@@ -99,19 +99,20 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from boxdepth.engine.predict import run_predict
+    from boxdepth.engine.predict import format_predict_summary, run_predict
 
     summary = run_predict(args.weights, args.inputs, args.out, device=args.device,
                           score_thresh=args.score_thresh, save_depth=args.save_depth,
-                          progress=not args.quiet)
-    print(f"{summary['images']} images, {summary['detections']} detections -> {args.out}")
+                          progress=not args.quiet, cfg_overrides=args.overrides)
+    print(format_predict_summary(summary))
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from boxdepth.demo import run_demo
 
-    run_demo(out_dir=args.out)
+    run_demo(out_dir=args.out, seeds=args.seeds, variants=args.variants, extra=args.overrides,
+             progress=not args.quiet)
     return 0
 
 
@@ -171,11 +172,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="minimum score for overlays and mask PNGs (results.json keeps all)")
     s.add_argument("--save-depth", action="store_true",
                    help="also save predicted instance depth (DG-MaskHead models)")
+    s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override applied over the checkpoint's config (repeatable)")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_predict)
 
     s = sub.add_parser("demo", help="the main job on the embedded synthetic dataset")
     s.add_argument("--out", type=Path, default=Path("runs/demo"), help="run folder (default runs/demo)")
+    s.add_argument("--seeds", type=int, default=1, help="repeat every variant with seeds 0..N-1")
+    s.add_argument("--variants", nargs="+", default=None, help="train only these variants")
+    s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override for every variant, e.g. --set solver.max_iter=200")
+    s.add_argument("--quiet", action="store_true", help="no progress bars")
     s.set_defaults(func=cmd_demo)
     return p
 

@@ -1,36 +1,167 @@
 """`boxdepth demo`: the main job on the embedded synthetic RGB-D dataset.
 
-Stage 1 (this version): generate the dataset under ``<out>/data`` (reused when it is
-already there with the same settings) and print what was made.
+1. Generate (or reuse) the synthetic dataset under ``<out>/data``.
+2. Train each variant with the same budget (config `synth_boxinst` + the variant's
+   overrides) in ``<out>/<variant>_seed<S>/``; an interrupted demo picks up where it
+   stopped (each run resumes from its last checkpoint).
+3. Evaluate on the val split (bbox and segm AP), also scoring the BoxInst model's detected
+   boxes filled as masks (`box_as_mask`), the reference a real mask must beat.
+4. Print one table, write ``<out>/results.json`` and ``<out>/panel.png``.
+
+results.json: {"command": str, "seconds": float, "config": {"base": {...}, "variants":
+{name: [overrides]}}, "rows": [{"variant", "seed", "bbox": {AP..APl}, "segm": {...}}],
+"summary": {variant: {"n", "bbox_AP_mean", "bbox_AP_std", "segm_AP_mean", ...}}}.
 """
 from __future__ import annotations
 
 import json
+import shlex
+import statistics
+import sys
+import time
 from pathlib import Path
 
+from boxdepth.fileio import atomic_write_json, atomic_write_text
+
 DEMO_DATA = dict(n_train=300, n_val=100, size=(256, 192), seed=0, camouflage=0.3, depth_error=1.0)
+DEMO_CONFIG = "synth_boxinst"
+# variant -> config overrides ({data} is the dataset folder). Same budget for all.
+VARIANTS: dict[str, list[str]] = {
+    "boxinst": [],
+    "mask_supervised": ["loss.mode=mask", "data.train_json={data}/train_masks.json"],
+}
+# rows computed from another variant's model: name -> (source variant, evaluation option)
+DERIVED = {"box_as_mask": "boxinst"}
+METRIC_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
 
-def prepare_demo_data(out_dir: Path) -> tuple[Path, dict]:
-    """Generate (or reuse) the demo dataset; returns (data_dir, summary)."""
+def prepare_demo_data(out_dir: Path, data: dict | None = None,
+                      progress: bool = True) -> tuple[Path, dict]:
+    """Generate (or reuse) the demo dataset (`data`: generator arguments, default
+    DEMO_DATA); returns (data_dir, summary)."""
     from boxdepth.data.synthetic import generate_synthetic_dataset
 
+    data = data or DEMO_DATA
     data_dir = Path(out_dir) / "data"
     stamp = data_dir / "demo_settings.json"
-    wanted = json.dumps({k: list(v) if isinstance(v, tuple) else v for k, v in DEMO_DATA.items()},
+    wanted = json.dumps({k: list(v) if isinstance(v, tuple) else v for k, v in data.items()},
                         sort_keys=True)
     if stamp.exists() and stamp.read_text() == wanted and (data_dir / "summary.json").exists():
         return data_dir, json.loads((data_dir / "summary.json").read_text())
-    summary = generate_synthetic_dataset(data_dir, **DEMO_DATA)
-    from boxdepth.fileio import atomic_write_text
+    summary = generate_synthetic_dataset(data_dir, **data, progress=progress)
     atomic_write_text(stamp, wanted)
     return data_dir, summary
 
 
-def run_demo(out_dir: str | Path = "runs/demo") -> dict:
+def data_overrides(data_dir: Path) -> list[str]:
+    return [f"data.train_json={data_dir / 'train.json'}", f"data.val_json={data_dir / 'val.json'}",
+            f"data.image_root={data_dir / 'images'}", f"data.depth_root={data_dir / 'depth'}"]
+
+
+def variant_config(name: str, data_dir: Path, seed: int, extra: list[str] = ()):
+    from boxdepth.config import load_config
+
+    overrides = [o.format(data=data_dir) for o in VARIANTS[name]]
+    return load_config(DEMO_CONFIG, data_overrides(data_dir) + overrides + [f"seed={seed}", *extra])
+
+
+def _check_same_config(run_dir: Path, cfg) -> None:
+    """Refuse to resume a run made with other settings (it would mix two budgets)."""
+    import yaml
+
+    saved_path = run_dir / "config.yaml"
+    if not saved_path.exists():
+        return
+    saved, now = yaml.safe_load(saved_path.read_text()), cfg.to_dict()
+    saved["model"]["fcos"]["num_classes"] = now["model"]["fcos"]["num_classes"]
+    if saved != now:
+        raise ValueError(f"{run_dir} holds a run with other settings; remove it or use another --out")
+
+
+def train_and_evaluate(name: str, data_dir: Path, out_dir: Path, seed: int, extra: list[str],
+                       progress: bool) -> list[dict]:
+    """Train one variant (resuming if interrupted) and return its result rows."""
+    from boxdepth.data.build import build_dataset
+    from boxdepth.engine.inference import evaluate_model, load_trained_model
+    from boxdepth.engine.trainer import train
+
+    cfg = variant_config(name, data_dir, seed, extra)
+    run_dir = out_dir / f"{name}_seed{seed}"
+    ds_classes = len(json.loads((data_dir / "train.json").read_text())["categories"])
+    cfg.model.fcos.num_classes = ds_classes
+    _check_same_config(run_dir, cfg)
+    print(f"[demo] {name} (seed {seed}): training {cfg.solver.max_iter} iterations -> {run_dir}")
+    final = train(cfg, run_dir, resume=True, progress=progress)
+    model, cfg, _ = load_trained_model(final, "cpu" if cfg.device == "auto" else cfg.device, cfg)
+    device = next(model.parameters()).device
+    val = build_dataset(cfg, "val", is_train=False)
+    rows = [{"variant": name, "seed": seed,
+             **evaluate_model(model, val, cfg.data.val_json, device, out_dir=run_dir, progress=progress)}]
+    for derived, source in DERIVED.items():
+        if source == name:
+            rows.append({"variant": derived, "seed": seed, **evaluate_model(
+                model, val, cfg.data.val_json, device, out_dir=run_dir, box_as_mask=True,
+                progress=progress, prefix=f"{derived}_")})
+    return rows
+
+
+def summarize(rows: list[dict]) -> dict:
+    """Mean and sample standard deviation over seeds for each variant."""
+    out: dict[str, dict] = {}
+    for name in dict.fromkeys(r["variant"] for r in rows):
+        mine = [r for r in rows if r["variant"] == name]
+        entry: dict = {"n": len(mine)}
+        for kind in ("bbox", "segm"):
+            for key in ("AP", "AP50", "AP75"):
+                vals = [r[kind][key] for r in mine if kind in r]
+                if vals:
+                    entry[f"{kind}_{key}_mean"] = statistics.fmean(vals)
+                    entry[f"{kind}_{key}_std"] = statistics.stdev(vals) if len(vals) > 1 else 0.0
+        out[name] = entry
+    return out
+
+
+def format_table(summary: dict) -> str:
+    """One row per variant: box AP, mask AP, mask AP50, mask AP75 (percent; mean ± std)."""
+    def cell(e, k):
+        m = e.get(f"{k}_mean")
+        if m is None:
+            return "-"
+        return f"{100 * m:5.1f}" + (f" ±{100 * e[f'{k}_std']:.1f}" if e["n"] > 1 else "")
+    cols = [("box AP", "bbox_AP"), ("mask AP", "segm_AP"), ("AP50", "segm_AP50"), ("AP75", "segm_AP75")]
+    width = max(len(n) for n in summary) + 2
+    lines = ["variant".ljust(width) + "".join(c.rjust(13) for c, _ in cols) + "   seeds"]
+    for name, e in summary.items():
+        lines.append(name.ljust(width) + "".join(cell(e, k).rjust(13) for _, k in cols) + f"   {e['n']}")
+    return "\n".join(lines)
+
+
+def run_demo(out_dir: str | Path = "runs/demo", *, seeds: int = 1, variants: list[str] | None = None,
+             extra: list[str] = (), progress: bool = True, data: dict | None = None) -> dict:
+    """The whole demo; returns the results.json content."""
     from boxdepth.data.synthetic import format_summary
 
-    data_dir, summary = prepare_demo_data(Path(out_dir))
+    t0 = time.time()
+    out_dir = Path(out_dir)
+    names = list(variants or VARIANTS)
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        raise ValueError(f"unknown demo variant(s) {unknown}; choose from {list(VARIANTS)}")
+    data_dir, summary = prepare_demo_data(out_dir, data, progress)
     print(format_summary(summary))
-    print(f"demo dataset ready in {data_dir} (training on it comes with the model stage)")
-    return summary
+    rows = []
+    for seed in range(seeds):
+        for name in names:
+            rows += train_and_evaluate(name, data_dir, out_dir, seed, list(extra), progress)
+    table = summarize(rows)
+    result = {"command": shlex.join(["boxdepth", *sys.argv[1:]]) if sys.argv else "boxdepth demo",
+              "seconds": round(time.time() - t0, 1),
+              "config": {"base": variant_config(names[0], data_dir, 0, list(extra)).to_dict(),
+                         "variants": {n: VARIANTS[n] for n in names}},
+              "rows": rows, "summary": table}
+    atomic_write_json(out_dir / "results.json", result)
+    print(format_table(table))
+    from boxdepth.demo_panel import write_demo_panel
+    print(f"wrote {write_demo_panel(out_dir, data_dir, names, seed=0)}")
+    print(f"wrote {out_dir / 'results.json'} ({result['seconds']:.0f} s)")
+    return result

@@ -75,3 +75,13 @@ def test_atomic_write_keeps_old_file_on_failure(tmp_path):
             raise Boom
     assert json.loads(p.read_text()) == {"v": 1}
     assert [x.name for x in tmp_path.iterdir()] == ["keep.json"]
+
+
+def test_atomic_writes_make_ordinary_permission_files(tmp_path):
+    import os
+    import stat
+    p = tmp_path / "perm.json"
+    atomic_write_bytes(p, b"{}")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(p.stat().st_mode) == 0o666 & ~umask

@@ -211,3 +211,20 @@ def test_classes_and_object_counts():
 def test_bad_arguments_are_rejected(tmp_path, bad):
     with pytest.raises(ValueError):
         generate_synthetic_dataset(tmp_path, **{**ARGS, **bad})
+
+
+def test_train_masks_json_matches_train_json_boxes(dataset):
+    """train_masks.json (for the fully supervised upper bound only) holds the same
+    annotations as train.json plus masks whose tight box is the annotated box."""
+    out, _ = dataset
+    boxes = json.loads((out / "train.json").read_text())
+    full = json.loads((out / "train_masks.json").read_text())
+    assert full["images"] == boxes["images"]
+    assert len(full["annotations"]) == len(boxes["annotations"])
+    for a, b in zip(full["annotations"], boxes["annotations"]):
+        assert {k: v for k, v in a.items() if k not in ("segmentation", "area")} == \
+            {k: v for k, v in b.items() if k != "area"}
+        h = next(im["height"] for im in full["images"] if im["id"] == a["image_id"])
+        w = next(im["width"] for im in full["images"] if im["id"] == a["image_id"])
+        mask = segmentation_to_mask(a["segmentation"], h, w).astype(bool)
+        assert _tight_box(mask) == a["bbox"] and a["area"] == mask.sum()

@@ -25,7 +25,9 @@ Layout written under `out_dir` (file names relative to `out_dir/images`):
   images/{train,val}/NNNNNN.png   RGB uint8
   depth_gt/{train,val}/NNNNNN.png metric depth, uint16 millimetres (+ meta.json)
   depth/{train,val}/NNNNNN.png    pseudo inverse depth, uint16 = d01 * 65535 (+ meta.json)
-  train.json  COCO, boxes only (no `segmentation`; `area` = box area)
+  train.json  COCO, boxes only (no `segmentation`; `area` = box area): what training reads
+  train_masks.json  the same images with RLE masks, ONLY for the fully supervised upper
+              bound (`loss.mode=mask`) that the demo compares against
   val.json    COCO with RLE `segmentation`; `area` = mask area
   preview.png, summary.json, README.txt
 Every `bbox` is the tight box of the instance's visible mask. Annotations carry an extra
@@ -116,6 +118,13 @@ def instance_annotations(scene: dict, image_id: int, first_id: int, with_masks: 
     return anns
 
 
+def _box_only(ann: dict) -> dict:
+    """The box-supervision view of an annotation: no mask, `area` = box area."""
+    out = {k: v for k, v in ann.items() if k != "segmentation"}
+    out["area"] = float(ann["bbox"][2] * ann["bbox"][3])
+    return out
+
+
 def _write_scene(out: Path, file_name: str, scene: dict) -> None:
     image = Image.fromarray(scene["image"])
     atomic_save(out / "images" / file_name, lambda p: image.save(p, format="PNG"))
@@ -169,7 +178,7 @@ def _generate_split(out: Path, split_index: int, count: int, knobs: dict, bar,
         file_name = f"{split}/{i:06d}.png"
         _write_scene(out, file_name, scene)
         images.append({"id": i + 1, "file_name": file_name, "width": width, "height": height})
-        anns += instance_annotations(scene, i + 1, len(anns) + 1, with_masks=split == "val")
+        anns += instance_annotations(scene, i + 1, len(anns) + 1, with_masks=True)
         if split == "train" and len(keep) < PREVIEW_IMAGES:
             keep.append(scene)
         bar.update(1)
@@ -194,12 +203,17 @@ def generate_synthetic_dataset(out_dir, *, n_train: int = 300, n_val: int = 100,
              "min_visible_area": MIN_VISIBLE_AREA}
     summary = {"knobs": knobs, "categories": [c["name"] for c in CATEGORIES], "splits": {},
                "files": {"images": "images", "depth": "depth", "depth_gt": "depth_gt",
-                         "train": "train.json", "val": "val.json"}}
+                         "train": "train.json", "train_masks": "train_masks.json",
+                         "val": "val.json"}}
     shown: list = []
     with tqdm(total=n_train + n_val, desc="synth", unit="img", disable=not progress) as bar:
         for split_index, count in enumerate((n_train, n_val)):
             split = SPLITS[split_index]
             images, anns = _generate_split(out, split_index, count, knobs, bar, shown)
+            if split == "train":
+                atomic_write_json(out / "train_masks.json", _coco(split, images, anns, knobs),
+                                  indent=None)
+                anns = [_box_only(a) for a in anns]
             atomic_write_json(out / f"{split}.json", _coco(split, images, anns, knobs),
                               indent=None)
             summary["splits"][split] = _split_stats(images, anns)

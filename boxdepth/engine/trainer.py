@@ -195,7 +195,7 @@ def train(cfg: Config, out_dir: str | Path, *, resume: bool = False, progress: b
                 model, optimizer, scheduler, scaler, done, cfg, meta))
     bar.close()
     final = out_dir / "model_final.pth"
-    if is_main:
+    if is_main and start_iter < max_iter:
         save_checkpoint(final, checkpoint_state(model, optimizer, scheduler, scaler, max_iter, cfg, meta))
     writer.close()
     dist.barrier()

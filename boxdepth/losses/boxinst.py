@@ -72,8 +72,8 @@ def pairwise_neg_log_same(mask_logits: torch.Tensor, kernel_size: int,
     z = mask_logits.float()
     log_fg = F.logsigmoid(z)
     log_bg = F.logsigmoid(-z)
-    log_fg_nb = unfold_wo_center(log_fg, kernel_size, dilation)[:, 0]
-    log_bg_nb = unfold_wo_center(log_bg, kernel_size, dilation)[:, 0]
+    neighbours = unfold_wo_center(torch.cat((log_fg, log_bg), dim=1), kernel_size, dilation)
+    log_fg_nb, log_bg_nb = neighbours[:, 0], neighbours[:, 1]
     log_same = torch.logaddexp(log_fg + log_fg_nb, log_bg + log_bg_nb)
     return -log_same
 

@@ -21,7 +21,7 @@ from boxdepth.losses.boxinst import (bottom_pixels_mask, boxes_to_stride_masks, 
                                      pairwise_loss, pairwise_neg_log_same, projection_loss)
 from boxdepth.losses.depth import depth_consistency_loss, depth_similarity, instance_depth_loss
 from boxdepth.losses.fcos import fcos_losses_from_outputs
-from boxdepth.ops.pairwise import color_similarity, rgb_to_lab
+from boxdepth.ops.pairwise import box_windows, color_similarity, gather_windows, rgb_to_lab
 
 
 class CondInstCriterion(nn.Module):
@@ -72,15 +72,20 @@ class CondInstCriterion(nn.Module):
                                    [t["orig_size"][0] for t in batch["targets"]], (hp, wp),
                                    self.bottom_pixels_removed, stride=self.stride,
                                    device=logits.device)
-        neg_log_same = pairwise_neg_log_same(logits, self.k, self.dilation)
+        # pairwise terms only see centres inside the box: compute them on box windows
+        win = box_windows(box_masks, margin=self.dilation * (self.k // 2))
+        box_win = gather_windows(box_masks, win[0], win[1]) * win[2]
+        neg_log_same = pairwise_neg_log_same(gather_windows(logits, win[0], win[1]), self.k,
+                                             self.dilation)
         warm = self.warmup(iteration)
         if self.pairwise_weight > 0:
             lab = rgb_to_lab(F.avg_pool2d(batch["images"].float(), self.stride, self.stride))
-            sim = color_similarity(lab, valid, self.k, self.dilation)[props["im_inds"]]
-            weights = (sim >= self.color_thresh).float() * box_masks
+            active = (color_similarity(lab, valid, self.k, self.dilation) >= self.color_thresh)
+            weights = gather_windows(active, win[0], win[1], props["im_inds"]) * box_win
             losses["loss_pairwise"] = self.pairwise_weight * warm * pairwise_loss(neg_log_same, weights)
         if batch.get("depth") is not None:
-            losses.update(self._depth_losses(props, batch, box_masks, valid, neg_log_same, warm))
+            losses.update(self._depth_losses(props, batch, box_masks, valid, neg_log_same, warm,
+                                             win, box_win))
         return losses
 
     @staticmethod
@@ -90,7 +95,8 @@ class CondInstCriterion(nn.Module):
         offsets = torch.cumsum(counts, 0) - counts
         return offsets[props["im_inds"]] + props["gt_inds"]
 
-    def _depth_losses(self, props, batch, box_masks, valid, neg_log_same, warm) -> dict:
+    def _depth_losses(self, props, batch, box_masks, valid, neg_log_same, warm, win,
+                      box_win) -> dict:
         d01 = F.avg_pool2d(batch["depth"].float(), self.stride, self.stride)
         has = batch["has_depth"].to(d01.device).float()
         inst_has = has[props["im_inds"]][:, None, None, None]  # images without depth add nothing
@@ -101,8 +107,14 @@ class CondInstCriterion(nn.Module):
                 depth_logits.float().sigmoid(), d01[props["im_inds"]], box_masks * inst_has)
         if self.cons_weight > 0:
             sim = depth_similarity(255.0 * d01, valid, self.k, self.dilation, self.cons_kappa)
-            centre = valid[props["im_inds"]][:, None] * inst_has
+            if self.cons_inside_box:
+                sim = gather_windows(sim, win[0], win[1], props["im_inds"])
+                centre = gather_windows(valid[:, None], win[0], win[1], props["im_inds"]) * inst_has
+                nls, boxes = neg_log_same, box_win * inst_has
+            else:  # pairs anywhere in the image: the full maps are needed
+                nls = pairwise_neg_log_same(props["mask_logits"].float(), self.k, self.dilation)
+                sim, boxes = sim[props["im_inds"]], box_masks * inst_has
+                centre = valid[props["im_inds"]][:, None] * inst_has
             out["loss_cons"] = self.cons_weight * warm * depth_consistency_loss(
-                neg_log_same, sim[props["im_inds"]], box_masks * inst_has, self.cons_tau,
-                inside_box=self.cons_inside_box, image_mask=centre)
+                nls, sim, boxes, self.cons_tau, inside_box=self.cons_inside_box, image_mask=centre)
         return out

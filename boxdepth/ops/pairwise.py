@@ -38,13 +38,18 @@ def unfold_wo_center(x: torch.Tensor, kernel_size: int, dilation: int) -> torch.
         raise ValueError(
             f"boxdepth/ops/pairwise.py: kernel_size must be odd and >= 3, got {kernel_size}"
         )
-    n, c, h, w = x.shape
-    # "same" padding: the dilated window reaches dilation*(k//2) pixels out.
+    h, w = x.shape[-2:]
+    # "same" padding: the dilated window reaches dilation*(k//2) pixels out. Shifted slices
+    # of the padded map give the same values and order as F.unfold, without unfold's
+    # im2col/col2im and the copy that dropping the centre column would need (this sits
+    # on the hot path of every pairwise loss).
     padding = dilation * (kernel_size // 2)
-    unfolded = F.unfold(x, kernel_size=kernel_size, padding=padding, dilation=dilation)
-    unfolded = unfolded.reshape(n, c, kernel_size * kernel_size, h, w)
-    centre = kernel_size * kernel_size // 2
-    return torch.cat((unfolded[:, :, :centre], unfolded[:, :, centre + 1:]), dim=2)
+    padded = F.pad(x, (padding, padding, padding, padding))
+    centre = kernel_size // 2
+    shifts = [padded[:, :, i * dilation:i * dilation + h, j * dilation:j * dilation + w]
+              for i in range(kernel_size) for j in range(kernel_size)
+              if (i, j) != (centre, centre)]
+    return torch.stack(shifts, dim=2)
 
 
 def _srgb_to_linear(v: torch.Tensor) -> torch.Tensor:
@@ -138,3 +143,46 @@ def aligned_bilinear(tensor: torch.Tensor, factor: int) -> torch.Tensor:
     tensor = F.interpolate(tensor, size=(oh, ow), mode="bilinear", align_corners=True)
     tensor = F.pad(tensor, pad=(factor // 2, 0, factor // 2, 0), mode="replicate")
     return tensor[:, :, :oh - 1, :ow - 1]
+
+
+def box_windows(box_masks: torch.Tensor, margin: int):
+    """Per-instance crop windows around each box mask, all of one size (Sh, Sw).
+
+    box_masks (N,1,H,W) -> ys (N,Sh) and xs (N,Sw) long pixel indices (clamped to the map)
+    and `inside` (N,1,Sh,Sw) float: 1 where the window pixel lies in the instance's own
+    box expanded by `margin` (and on the map). With margin = dilation*(k//2), every
+    neighbour a pairwise term reads from a centre inside the box is inside the window, so a
+    pairwise loss on the windows equals the loss on the full maps (the box mask zeroes
+    every other centre) at a fraction of the cost: boxes are usually far smaller than
+    the canvas.
+    """
+    n, _, h, w = box_masks.shape
+    dev = box_masks.device
+
+    def extent(any_along: torch.Tensor, size: int):
+        idx = torch.arange(size, device=dev)
+        first = torch.where(any_along, idx, size).min(dim=1).values
+        last = torch.where(any_along, idx, -1).max(dim=1).values
+        empty = last < 0
+        start = (first - margin).clamp(min=0)
+        stop = (last + 1 + margin).clamp(max=size)
+        start, stop = torch.where(empty, 0, start), torch.where(empty, 0, stop)
+        span = int((stop - start).max()) if n else 0
+        pos = start[:, None] + torch.arange(max(span, 1), device=dev)
+        return pos.clamp(max=size - 1), pos < stop[:, None]
+
+    rows = box_masks[:, 0] > 0
+    ys, ok_y = extent(rows.any(dim=2), h)
+    xs, ok_x = extent(rows.any(dim=1), w)
+    inside = (ok_y[:, :, None] & ok_x[:, None, :]).to(box_masks.dtype)[:, None]
+    return ys, xs, inside
+
+
+def gather_windows(maps: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor,
+                   index: torch.Tensor | None = None) -> torch.Tensor:
+    """Crop windows out of maps (M,C,H,W) -> (N,C,Sh,Sw); window n reads map `index[n]`
+    (default n)."""
+    n = ys.shape[0]
+    idx = torch.arange(n, device=maps.device) if index is None else index
+    out = maps[idx[:, None, None], :, ys[:, :, None], xs[:, None, :]]  # (N,Sh,Sw,C)
+    return out.permute(0, 3, 1, 2)

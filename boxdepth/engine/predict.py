@@ -1,0 +1,268 @@
+"""`boxdepth predict`: run a trained model on image files; write COCO results and pictures.
+
+Inputs are files, folders (every image inside, recursively, sorted; hidden files and
+anything under `out_dir` skipped) or glob patterns (``**`` allowed). Image extensions:
+jpg, jpeg, png, bmp, tif, tiff, webp (any case); a file named explicitly is read
+whatever its extension. Image ids are 0, 1, ... in input order.
+
+Outputs under `out_dir` (every file written atomically):
+    results.json   COCO results list with every detection the model returns, i.e. all
+                   with score**2 = sigmoid(cls) * sigmoid(ctr) above the model's
+                   `model.fcos.inference_th`; `score_thresh` does NOT filter it, so the
+                   file can be scored with `boxdepth eval` like any results file.
+    images.json    {"images": [{"id", "file_name" (the input path), "width", "height"}],
+                    "categories": [{"id", "name"}]} relating image/category ids to files.
+    overlays/<name>.png              the image with detections >= score_thresh drawn.
+    masks/<name>/<k>_<class>_<score>.png   binary mask (0/255) of each such detection.
+    depth/<name>/<k>.png             with save_depth and a DG-head model: the predicted
+                                     instance depth times its mask, 16-bit (depth_io).
+`<name>` is the file stem, suffixed with `_<image id>` when several inputs share it
+(case-insensitively). `k` (3 digits, zero padded, so names sort) is the detection's rank
+within its image: the order of the image's entries in results.json (scores descending).
+"""
+from __future__ import annotations
+
+import glob
+import logging
+import re
+from collections import Counter
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from boxdepth.data.depth_io import save_depth_png
+from boxdepth.data.image_io import BadImageError, load_image_rgb
+from boxdepth.data.results import instances_to_coco_results, write_coco_results
+from boxdepth.data.transforms import TestTransform, collate_batch
+from boxdepth.fileio import atomic_write_json
+from boxdepth.models.condinst import SIZE_DIVISIBILITY, postprocess_detections
+from boxdepth.viz import overlay_instances, save_png
+
+log = logging.getLogger("boxdepth")
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def _is_image_name(p: Path) -> bool:
+    return p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
+
+
+def _inside(p: Path, folder: Path | None) -> bool:
+    return folder is not None and folder in p.resolve().parents
+
+
+def _expand_one(text: str, exclude: Path | None) -> list[Path]:
+    p = Path(text)
+    if p.is_dir():
+        found = sorted((f for f in p.rglob("*") if f.is_file() and _is_image_name(f)
+                        and not _inside(f, exclude)), key=str)
+        if not found:
+            raise FileNotFoundError(f"no images in folder {text} (looked for "
+                                    f"{', '.join(IMAGE_EXTENSIONS)}, recursively)")
+        return found
+    if p.is_file():
+        return [p]
+    if any(c in text for c in "*?["):
+        found = []
+        for m in sorted(glob.glob(text, recursive=True)):
+            mp = Path(m)
+            if mp.is_dir():
+                found += _expand_one(m, exclude)
+            elif mp.is_file() and _is_image_name(mp) and not _inside(mp, exclude):
+                found.append(mp)
+        if not found:
+            raise FileNotFoundError(f"no images match the pattern {text}")
+        return found
+    raise FileNotFoundError(f"input not found: {text} (not a file, folder or glob pattern)")
+
+
+def collect_images(inputs: Iterable[str], exclude: str | Path | None = None) -> list[Path]:
+    """Expand files / folders / globs into image paths, in input order, without repeats.
+    Files under `exclude` (the output folder) are never taken from folders or globs."""
+    excl = Path(exclude).resolve() if exclude is not None else None
+    paths, seen = [], set()
+    for text in inputs:
+        for p in _expand_one(str(text), excl):
+            key = p.resolve()
+            if key not in seen:
+                seen.add(key)
+                paths.append(p)
+    if not paths:
+        raise FileNotFoundError("no input images given")
+    return paths
+
+
+def output_names(paths: Sequence[Path]) -> list[str]:
+    """Unique per-image output names: the stem, plus `_<index>` where stems collide
+    (case-insensitively, as on Windows / macOS file systems)."""
+    counts = Counter(p.stem.lower() for p in paths)
+    used, names = set(), []
+    for i, p in enumerate(paths):
+        name = p.stem if counts[p.stem.lower()] == 1 else f"{p.stem}_{i}"
+        while name.lower() in used:
+            name = f"{name}_{i}"
+        used.add(name.lower())
+        names.append(name)
+    return names
+
+
+def _check_headers(paths: Sequence[Path]) -> None:
+    """Fail before any work if a file is not an image at all (full decoding comes later)."""
+    for p in paths:
+        try:
+            with Image.open(p):  # parses the header only
+                pass
+        except FileNotFoundError:
+            raise FileNotFoundError(f"image file not found: {p}") from None
+        except Exception as e:  # Pillow raises many types for non-images
+            raise BadImageError(f"cannot read image {p}: {type(e).__name__}: {e}") from None
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"unknown device {device!r} (use auto, cpu, cuda or cuda:N)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device} requested but CUDA is not available")
+    return dev
+
+
+def checkpoint_config(weights: str | Path, overrides: Sequence[str]):
+    """Defaults <- the checkpoint's saved config <- `key=value` overrides."""
+    from boxdepth.config import Config, apply_override, load_config, parse_override
+    from boxdepth.engine.checkpoint import load_checkpoint
+    from boxdepth.engine.inference import _merge_known
+
+    load_config(None, overrides)  # unknown keys fail here, naming the closest valid ones
+    schema = load_config(None).to_dict()
+    saved = load_checkpoint(weights).get("config")
+    if not saved:
+        raise ValueError(f"{weights} holds no config to apply the overrides to")
+    cfg = load_config(None)
+    _merge_known(cfg, saved)
+    for ov in overrides:
+        apply_override(cfg, *parse_override(ov), schema)
+    return Config(cfg.to_dict())
+
+
+def _categories(meta: dict, num_classes: int, weights) -> tuple[list[int], list[str]]:
+    cat_ids = [int(c) for c in meta.get("cat_ids") or range(num_classes)]
+    names = [str(n) for n in meta.get("class_names") or [f"class_{i}" for i in range(num_classes)]]
+    if len(cat_ids) != num_classes or len(names) != num_classes:
+        raise ValueError(f"{weights}: meta has {len(cat_ids)} cat_ids and {len(names)} class "
+                         f"names but the model predicts {num_classes} classes")
+    return cat_ids, names
+
+
+@torch.no_grad()
+def predict_image(model: torch.nn.Module, image: np.ndarray, transform, device, *,
+                  with_depth: bool = True) -> dict:
+    """uint8 (H0, W0, 3) -> numpy {"boxes" (D, 4) XYXY, "scores" (D,), "labels" (D,),
+    "masks" bool (D, H0, W0), "depth" float32 (D, H0, W0) or None} at the original size,
+    sorted by score (descending). "depth" is None without a DG head or `with_depth`."""
+    h0, w0 = image.shape[:2]
+    sample = transform({"image": torch.from_numpy(image).permute(2, 0, 1).contiguous(),
+                        "boxes": torch.zeros((0, 4))})
+    batch = collate_batch([sample], SIZE_DIVISIBILITY)
+    det = model(batch["images"].to(device), batch["image_mask"].to(device))[0]
+    if not with_depth:  # upsampling D depth maps to the original size is not free
+        det = {**det, "depth_probs": None}
+    out = postprocess_detections(det, tuple(sample["image"].shape[-2:]), (h0, w0),
+                                 model.mask_threshold, mask_stride=model.mask_out_stride)
+    order = torch.argsort(out["scores"], descending=True, stable=True)
+    res = {k: out[k][order].cpu().numpy() for k in ("boxes", "scores", "labels", "masks")}
+    res["depth"] = None if out["depth"] is None else out["depth"][order].float().cpu().numpy()
+    return res
+
+
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "x"
+
+
+def write_image_outputs(out_dir: Path, name: str, image: np.ndarray, det: dict,
+                        class_names: Sequence[str], score_thresh: float, save_depth: bool) -> int:
+    """Overlay, mask PNGs and (optionally) depth PNGs of one image's shown detections;
+    returns how many were shown."""
+    shown = np.nonzero(det["scores"] >= score_thresh)[0]
+    labels = [class_names[int(det["labels"][k])] for k in shown]
+    overlay = overlay_instances(image, det["masks"][shown], det["boxes"][shown], labels,
+                                det["scores"][shown])
+    save_png(out_dir / "overlays" / f"{name}.png", overlay)
+    for k, cls in zip(shown, labels):
+        save_png(out_dir / "masks" / name / f"{k:03d}_{_safe(cls)}_{det['scores'][k]:.3f}.png",
+                 det["masks"][k])
+        if save_depth and det["depth"] is not None:
+            save_depth_png(out_dir / "depth" / name / f"{k:03d}.png",
+                           np.where(det["masks"][k], det["depth"][k], 0.0))
+    return len(shown)
+
+
+def _load(weights, device, cfg_overrides):
+    from boxdepth.engine.inference import load_trained_model
+
+    cfg = checkpoint_config(weights, cfg_overrides) if cfg_overrides else None
+    model, cfg, meta = load_trained_model(weights, device, cfg=cfg)
+    cat_ids, class_names = _categories(meta, int(model.num_classes), weights)
+    return model, cfg, cat_ids, class_names
+
+
+def run_predict(weights, inputs: list[str], out_dir, *, device="auto", score_thresh=0.3,
+                save_depth=False, max_images=None, progress=True, cfg_overrides=()) -> dict:
+    """Predict on `inputs` and write the outputs listed in the module docstring.
+
+    Returns {"images", "detections" (in results.json), "shown" (>= score_thresh),
+    "out_dir", "results", "images_json", "overlays", "masks", "depth" (None unless
+    written), "device"}.
+    """
+    if not 0.0 <= float(score_thresh) <= 1.0:
+        raise ValueError(f"score_thresh must be in [0, 1], got {score_thresh}")
+    out_dir = Path(out_dir)
+    paths = collect_images(inputs, exclude=out_dir)
+    if max_images is not None:
+        paths = paths[:max(int(max_images), 0)]
+    _check_headers(paths)
+    dev = resolve_device(device)
+    model, cfg, cat_ids, class_names = _load(weights, dev, list(cfg_overrides))
+    if save_depth and not model.mask_head.depth_head:
+        log.warning("predict: --save-depth ignored, %s has no DG-MaskHead (depth_head: false)",
+                    weights)
+    transform = TestTransform(cfg.input.min_size_test, cfg.input.max_size_test)
+    names = output_names(paths)
+    results, images, shown, any_depth = [], [], 0, False
+    for image_id, (path, name) in enumerate(tqdm(list(zip(paths, names)), desc="predict",
+                                                disable=not progress, dynamic_ncols=True)):
+        image = load_image_rgb(path)
+        det = predict_image(model, image, transform, dev, with_depth=save_depth)
+        results += instances_to_coco_results(image_id, det["boxes"], det["scores"], det["labels"],
+                                             det["masks"], cat_ids=cat_ids)
+        images.append({"id": image_id, "file_name": str(path),
+                       "width": int(image.shape[1]), "height": int(image.shape[0])})
+        shown += write_image_outputs(out_dir, name, image, det, class_names, score_thresh, save_depth)
+        any_depth |= save_depth and det["depth"] is not None
+    write_coco_results(out_dir / "results.json", results)
+    categories = [{"id": c, "name": n} for c, n in zip(cat_ids, class_names)]
+    atomic_write_json(out_dir / "images.json", {"images": images, "categories": categories})
+    return {"images": len(paths), "detections": len(results), "shown": shown,
+            "score_thresh": float(score_thresh), "out_dir": str(out_dir),
+            "results": str(out_dir / "results.json"), "images_json": str(out_dir / "images.json"),
+            "overlays": str(out_dir / "overlays"), "masks": str(out_dir / "masks"),
+            "depth": str(out_dir / "depth") if any_depth else None, "device": str(dev)}
+
+
+def format_predict_summary(summary: dict) -> str:
+    """Lines for the command line."""
+    lines = [f"predicted {summary['images']} image(s) on {summary['device']}: "
+             f"{summary['detections']} detection(s) in results.json, {summary['shown']} with "
+             f"score >= {summary['score_thresh']:g} drawn",
+             f"  results : {summary['results']}", f"  images  : {summary['images_json']}",
+             f"  overlays: {summary['overlays']}", f"  masks   : {summary['masks']}"]
+    if summary.get("depth"):
+        lines.append(f"  depth   : {summary['depth']}")
+    return "\n".join(lines)

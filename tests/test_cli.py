@@ -1,0 +1,126 @@
+"""The foundation's acceptance lines, through the `boxdepth` command line."""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from boxdepth.cli import main
+from boxdepth.data.rle import segmentation_to_mask
+from tests.conftest import SHARED_DATA
+
+
+def _digest(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def synth20(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("synth") / "D"
+    assert main(["synth", "--out", str(out), "--train", "20", "--val", "10", "--seed", "0",
+                 "--quiet"]) == 0
+    return out
+
+
+def test_synth_writes_the_promised_files(synth20):
+    for rel in ("images/train", "images/val", "depth_gt", "depth/meta.json", "train.json",
+                "val.json", "preview.png"):
+        assert (synth20 / rel).exists(), rel
+    train = json.loads((synth20 / "train.json").read_text())
+    assert len(train["images"]) == 20 and all("segmentation" not in a for a in train["annotations"])
+    assert len(list((synth20 / "depth" / "train").glob("*.png"))) == 20
+
+
+def test_synth_val_loads_in_pycocotools_with_tight_boxes(synth20):
+    from pycocotools.coco import COCO
+    coco = COCO(str(synth20 / "val.json"))
+    assert len(coco.getImgIds()) == 10
+    for ann in coco.dataset["annotations"]:
+        im = coco.imgs[ann["image_id"]]
+        mask = segmentation_to_mask(ann["segmentation"], im["height"], im["width"])
+        ys, xs = np.nonzero(mask)
+        tight = [xs.min(), ys.min(), xs.max() + 1 - xs.min(), ys.max() + 1 - ys.min()]
+        assert ann["bbox"] == [float(v) for v in tight]
+
+
+def test_synth_is_byte_identical_for_a_seed(synth20, tmp_path):
+    again = tmp_path / "D"
+    assert main(["synth", "--out", str(again), "--train", "20", "--val", "10", "--seed", "0",
+                 "--quiet"]) == 0
+    assert _digest(again) == _digest(synth20)
+
+
+def test_eval_of_gt_masks_as_detections_is_perfect(synth20, tmp_path, capsys):
+    val = json.loads((synth20 / "val.json").read_text())
+    dets = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"],
+             "score": 1.0, "segmentation": a["segmentation"]} for a in val["annotations"]]
+    (tmp_path / "R.json").write_text(json.dumps(dets))
+    out = tmp_path / "metrics.json"
+    assert main(["eval", "--gt", str(synth20 / "val.json"), "--results", str(tmp_path / "R.json"),
+                 "--out", str(out)]) == 0
+    metrics = json.loads(out.read_text())
+    for kind in ("bbox", "segm"):
+        assert set(metrics[kind]) >= {"AP", "AP50", "AP75", "APs", "APm", "APl"}
+    assert metrics["segm"]["AP"] == 1.0 and metrics["bbox"]["AP"] == 1.0
+    assert "segm" in capsys.readouterr().out
+
+
+def test_eval_bad_results_file_is_a_clear_error(synth20, tmp_path, capsys):
+    bad = tmp_path / "R.json"
+    bad.write_text("{not json")
+    assert main(["eval", "--gt", str(synth20 / "val.json"), "--results", str(bad)]) == 2
+    assert str(bad) in capsys.readouterr().err
+
+
+def _tiny_coco(tmp_path: Path, file_name: str) -> Path:
+    from PIL import Image
+    (tmp_path / "imgs").mkdir(exist_ok=True)
+    Image.new("RGB", (32, 24), (10, 20, 30)).save(tmp_path / "imgs" / "ok.png")
+    coco = {"images": [{"id": 7, "file_name": file_name, "width": 32, "height": 24}],
+            "annotations": [{"id": 1, "image_id": 7, "category_id": 1, "bbox": [2, 2, 10, 10],
+                             "iscrowd": 0}],
+            "categories": [{"id": 1, "name": "thing"}]}
+    path = tmp_path / "ann.json"
+    path.write_text(json.dumps(coco))
+    return path
+
+
+def test_inspect_refuses_a_path_escaping_the_root(tmp_path, capsys):
+    ann = _tiny_coco(tmp_path, "../x.jpg")
+    assert main(["inspect", "--json", str(ann), "--images", str(tmp_path / "imgs")]) != 0
+    assert "../x.jpg" in capsys.readouterr().err
+
+
+def test_inspect_names_a_missing_image(tmp_path, capsys):
+    ann = _tiny_coco(tmp_path, "missing.png")
+    assert main(["inspect", "--json", str(ann), "--images", str(tmp_path / "imgs")]) != 0
+    captured = capsys.readouterr()
+    assert "missing.png" in captured.out + captured.err
+
+
+def test_inspect_ok_dataset_exits_zero(tmp_path, capsys):
+    ann = _tiny_coco(tmp_path, "ok.png")
+    assert main(["inspect", "--json", str(ann), "--images", str(tmp_path / "imgs")]) == 0
+    assert "OK" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "voc3-coco").exists(), reason="../shared/data absent")
+def test_inspect_on_real_voc_photos(tmp_path, capsys):
+    src = json.loads((SHARED_DATA / "voc3-coco" / "annotations.json").read_text())
+    for a in src["annotations"]:
+        a.pop("segmentation", None)
+    ann = tmp_path / "boxes.json"
+    ann.write_text(json.dumps(src))
+    assert main(["inspect", "--json", str(ann), "--images", str(SHARED_DATA / "voc3-coco")]) == 0
+    out = capsys.readouterr().out
+    assert "3 in json, 3 loaded" in out and "12 in" in out
+
+
+def test_unknown_config_key_is_a_clear_error(capsys, tmp_path):
+    assert main(["train", "synth_boxinst", "solver.max_iters=3", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "solver.max_iters" in err and "solver.max_iter" in err

@@ -1,0 +1,57 @@
+"""`boxdepth demo` end to end on a tiny dataset and a 2-iteration budget."""
+from __future__ import annotations
+
+import json
+
+from boxdepth.cli import main
+from tests.conftest import TINY_MODEL
+
+TINY_DEMO = [*TINY_MODEL, "data.num_workers=0", "input.min_size_train=[64]",
+             "input.max_size_train=128", "input.min_size_test=64", "input.max_size_test=128",
+             "solver.ims_per_batch=2", "solver.max_iter=2", "solver.warmup_iters=1",
+             "solver.steps=[1]", "solver.checkpoint_period=0", "log.tensorboard=false"]
+
+
+def test_demo_writes_results_table_and_panel(tmp_path, monkeypatch, capsys):
+    import boxdepth.demo as demo
+    monkeypatch.setattr(demo, "DEMO_DATA", dict(n_train=6, n_val=3, size=(96, 64), seed=1,
+                                                camouflage=0.3, depth_error=1.0))
+    args = ["demo", "--out", str(tmp_path), "--quiet"]
+    for o in TINY_DEMO:
+        args += ["--set", o]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    for name in ("boxinst", "mask_supervised", "box_as_mask"):
+        assert name in out
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert res["command"].startswith("boxdepth") and res["seconds"] > 0
+    assert [r["variant"] for r in res["rows"]] == ["boxinst", "box_as_mask", "mask_supervised"]
+    for row in res["rows"]:
+        assert row["seed"] == 0
+        for kind in ("bbox", "segm"):
+            assert set(row[kind]) == {"AP", "AP50", "AP75", "APs", "APm", "APl"}
+    assert res["config"]["variants"]["mask_supervised"] == [
+        "loss.mode=mask", "data.train_json={data}/train_masks.json"]
+    assert res["config"]["base"]["solver"]["max_iter"] == 2
+    assert (tmp_path / "panel.png").exists()
+    # the box-as-mask row scores the same detections with filled boxes: same bbox AP
+    boxinst, box_as_mask = res["rows"][0], res["rows"][1]
+    assert boxinst["bbox"]["AP"] == box_as_mask["bbox"]["AP"]
+
+    # a second run reuses data and finished runs: no retraining
+    ckpt = tmp_path / "boxinst_seed0" / "model_final.pth"
+    stamp = ckpt.stat().st_mtime_ns
+    assert main(args) == 0
+    assert ckpt.stat().st_mtime_ns == stamp
+
+
+def test_demo_refuses_to_mix_budgets(tmp_path, monkeypatch, capsys):
+    import boxdepth.demo as demo
+    monkeypatch.setattr(demo, "DEMO_DATA", dict(n_train=4, n_val=2, size=(96, 64), seed=1,
+                                                camouflage=0.3, depth_error=1.0))
+    args = ["demo", "--out", str(tmp_path), "--quiet", "--variants", "boxinst"]
+    for o in TINY_DEMO:
+        args += ["--set", o]
+    assert main(args) == 0
+    assert main(args + ["--set", "solver.max_iter=3"]) == 2
+    assert "other settings" in capsys.readouterr().err
