@@ -1,0 +1,70 @@
+"""benchmarks/train_step.py in its tiniest mode: it runs, writes the JSON it documents, and
+its phase split accounts for the whole iteration. No timing values are asserted."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "benchmarks" / "train_step.py"
+TINY = ["--preset", "small", "--sizes", "64", "--iters", "2", "--warmup", "0", "--threads", "1",
+        "--boxes", "2", "--set", "model.backbone.width=8", "--set", "model.mask_branch.channels=16"]
+
+
+def _run(tmp_path, *extra):
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, str(SCRIPT), *TINY, *extra, "--out", str(out)], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(out.read_text()), proc.stdout
+
+
+def test_train_step_benchmark_tiny(tmp_path):
+    data, stdout = _run(tmp_path)
+    assert set(data) == {"benchmark", "command", "args", "env", "results"}
+    for key in ("torch", "device_name", "torch_threads", "allocator_env", "cpu_model", "date", "git"):
+        assert key in data["env"]
+    assert {"MALLOC_ARENA_MAX", "LD_PRELOAD", "PYTORCH_CUDA_ALLOC_CONF"} <= set(data["env"]["allocator_env"])
+    assert data["env"]["torch_threads"] == 1
+    (r,) = data["results"]
+    assert set(r) == {"setting", "model", "inference", "train", "train_step_e2e", "memory", "wall_s"}
+    s = r["setting"]
+    assert s["hw"] == [64, 85] and s["padded_hw"] == [64, 96] and s["backbone"] == "small"
+    tr = r["train"]
+    assert tr["total"]["n"] == 2 and tr["images_per_s"] > 0
+    expected_groups = {"batch_to_device", "backbone_fpn", "heads", "losses", "loss_sync", "backward",
+                       "optimizer"}
+    assert set(tr["groups"]) == expected_groups  # no unlabelled "other" time
+    for phase in ("backbone", "fpn", "fcos_head", "mask_branch", "target_assignment",
+                  "dynamic_mask_head", "loss_fcos", "loss_prj", "loss_pairwise", "backward",
+                  "optimizer_step"):
+        assert tr["phases"][phase]["median"] > 0, phase
+    assert "loss_depth" not in tr["phases"] and "loss_cons" not in tr["phases"]
+    assert tr["uninstrumented_loss_functions"] == []
+    inf = r["inference"]
+    assert inf["total"]["n"] == 2 and inf["detections"] > 0
+    assert set(inf["groups"]) == {"to_device", "backbone_fpn", "heads", "postprocess"}
+    assert r["memory"]["kind"] == "cpu_ru_maxrss"
+    assert r["memory"]["rss_peak_mib_after_train"] >= r["memory"]["rss_peak_mib_baseline"] > 0
+    assert r["train_step_e2e"] is None  # CPU default: no extra end-to-end iterations
+    assert "backbone_fpn" in stdout and "images/s" in stdout
+
+
+def test_train_step_benchmark_depth_variant_and_e2e(tmp_path):
+    data, _ = _run(tmp_path, "--depth-head", "--depth-loss", "--e2e-iters", "1", "--iters", "1")
+    r = data["results"][0]
+    assert r["setting"]["depth_head"] and r["setting"]["depth_loss"]
+    tr = r["train"]
+    for term in ("loss_depth", "loss_cons"):
+        assert term in tr["losses"] and tr["phases"][term]["median"] > 0
+    # one iteration, so medians are the values: every phase sits in exactly one group
+    # (none lost, none counted twice) and the phases make up the whole step
+    total = tr["total"]["median"]
+    assert sum(g["median"] for g in tr["groups"].values()) == pytest.approx(total, rel=1e-9)
+    assert sum(p["median"] for p in tr["phases"].values()) == pytest.approx(total, rel=1e-9)
+    fn_sum = sum(f["median"] for f in tr["loss_functions"].values())
+    loss_terms = ("loss_fcos", "loss_prj", "loss_pairwise", "loss_depth", "loss_cons")
+    assert fn_sum == pytest.approx(sum(tr["phases"][t]["median"] for t in loss_terms), rel=1e-9)
+    assert r["train_step_e2e"]["total"]["n"] == 1
