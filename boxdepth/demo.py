@@ -54,8 +54,9 @@ def prepare_demo_data(out_dir: Path, data: dict | None = None,
 
 
 def data_overrides(data_dir: Path) -> list[str]:
+    """Paths of the demo dataset; variants that use pseudo depth add data.depth_root."""
     return [f"data.train_json={data_dir / 'train.json'}", f"data.val_json={data_dir / 'val.json'}",
-            f"data.image_root={data_dir / 'images'}", f"data.depth_root={data_dir / 'depth'}"]
+            f"data.image_root={data_dir / 'images'}"]
 
 
 def variant_config(name: str, data_dir: Path, seed: int, extra: list[str] = ()):

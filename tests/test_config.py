@@ -69,3 +69,14 @@ def test_saved_config_round_trips(tmp_path):
     again = load_config(tmp_path / "config.yaml")
     assert again == cfg
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp files left
+
+
+@pytest.mark.parametrize("name", ["synth_boxinst", "coco_r50_1x", "coco_r50_3x"])
+def test_packaged_configs_load_and_build(name):
+    from boxdepth.models.build import build_model
+    cfg = load_config(name, ["model.fcos.num_classes=4", "model.backbone.name=resnet18"]
+                      if name.startswith("coco") else ["model.fcos.num_classes=4"])
+    model = build_model(cfg)
+    assert model.num_classes == 4
+    if name == "coco_r50_3x":
+        assert cfg.solver.steps == [210000, 250000] and cfg.solver.base_lr == 0.01

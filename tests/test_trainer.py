@@ -85,9 +85,9 @@ def test_num_classes_mismatch_is_an_error(tiny_synth, tmp_path):
 
 
 def test_mask_mode_trains_with_dice(tiny_synth, tmp_path):
-    # fully supervised upper bound reads GT masks: train on val.json, which has them
+    # the fully supervised upper bound reads GT masks from train_masks.json
     cfg = tiny_config(tiny_synth, "loss.mode=mask", "solver.max_iter=1",
-                      f"data.train_json={tiny_synth / 'val.json'}")
+                      f"data.train_json={tiny_synth / 'train_masks.json'}")
     train(cfg, tmp_path / "m", progress=False)
     row = read_metrics(tmp_path / "m" / "metrics.jsonl")[-1]
     assert "loss_mask" in row and "loss_prj" not in row
