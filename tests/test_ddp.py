@@ -32,8 +32,8 @@ def _one_step(cfg, samples, ddp: bool) -> dict[str, torch.Tensor]:
     return {k: (v.detach() - before[k]).reshape(-1) for k, v in model.named_parameters()}
 
 
-def _samples(data_dir: Path):
-    cfg = tiny_config(data_dir, *FIXED)
+def _samples(data_dir: Path, *extra: str):
+    cfg = tiny_config(data_dir, *FIXED, *extra)
     ds = build_dataset(cfg, "train", is_train=True)
     resolve_num_classes(cfg, ds)
     return cfg, [ds[0], ds[1]]
@@ -84,3 +84,32 @@ def test_torchrun_two_processes_end_to_end(tiny_synth, tmp_path):
     assert ckpt["iteration"] == 2
     assert (tmp_path / "run" / "metrics.json").exists()  # rank 0 evaluated after training
     assert "segm" in proc.stdout
+
+
+def _teacher_worker(rank: int, world: int, init_file: str, data_dir: str, out: str) -> None:
+    from boxdepth.distill.ema import ModelEMA
+    from boxdepth.engine.trainer import build_distiller
+
+    tdist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    cfg, samples = _samples(Path(data_dir), "distill.enabled=true", "distill.teacher_size=64",
+                            "distill.teacher_max_size=128", "distill.tau_m=0.0")
+    model, criterion, optimizer, scheduler, scaler = build_training(cfg, torch.device("cpu"))
+    net = torch.nn.parallel.DistributedDataParallel(model)
+    teacher, distiller = ModelEMA(model, 0.5), build_distiller(cfg)
+    for it in range(2):  # each rank sees a different image
+        train_step(net, criterion, optimizer, scheduler, scaler, collate_batch([samples[rank]], 32),
+                   iteration=it, distiller=distiller, teacher=teacher)
+    flat = torch.cat([v.reshape(-1).float() for v in teacher.state_dict().values()])
+    gathered = [torch.zeros_like(flat) for _ in range(world)]
+    tdist.all_gather(gathered, flat)
+    if rank == 0:
+        torch.save(torch.stack(gathered), out)
+    tdist.destroy_process_group()
+
+
+def test_ddp_teachers_stay_identical(tiny_synth, tmp_path):
+    out = tmp_path / "teachers.pt"
+    mp.spawn(_teacher_worker, args=(2, str(tmp_path / "init"), str(tiny_synth), str(out)), nprocs=2)
+    teachers = torch.load(out, weights_only=True)
+    assert torch.equal(teachers[0], teachers[1])

@@ -76,7 +76,8 @@ def evaluate_model(model: torch.nn.Module, dataset, gt_json: str | Path, device:
 def load_trained_model(weights: str | Path, device: torch.device | str = "cpu",
                        cfg=None) -> tuple[torch.nn.Module, "Config", dict]:
     """Build the network from a checkpoint (its saved config unless `cfg` is given) and load
-    its weights; returns (model in eval mode, config, meta with cat_ids/class_names)."""
+    its weights (the EMA teacher's when the checkpoint has one and eval.model=teacher);
+    returns (model in eval mode, config, meta with cat_ids/class_names)."""
     from boxdepth.config import Config, load_config
     from boxdepth.engine.checkpoint import load_checkpoint
     from boxdepth.models.build import build_model
@@ -92,8 +93,10 @@ def load_trained_model(weights: str | Path, device: torch.device | str = "cpu",
         cfg.model.fcos.num_classes = saved["model"]["fcos"]["num_classes"]
     cfg.model.backbone.weights = None  # the checkpoint already holds the backbone
     model = build_model(cfg)
+    # once distillation has started the EMA teacher is the model to use (SPEC §3)
+    use_teacher = cfg.eval.model == "teacher" and ckpt.get("teacher") is not None
     try:
-        model.load_state_dict(ckpt["model"])
+        model.load_state_dict(ckpt["teacher"] if use_teacher else ckpt["model"])
     except RuntimeError as e:
         raise ValueError(f"{weights} does not fit the model of this config: {e}") from None
     meta = ckpt.get("meta") or {}

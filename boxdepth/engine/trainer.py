@@ -24,6 +24,8 @@ from boxdepth.data.build import build_dataset
 from boxdepth.data.sampler import SeededDataset, TrainingSampler
 from boxdepth.data.transforms import collate_batch
 from boxdepth.engine import dist
+from boxdepth.distill.distiller import SelfDistiller
+from boxdepth.distill.ema import ModelEMA
 from boxdepth.engine.checkpoint import last_checkpoint, load_checkpoint, save_checkpoint
 from boxdepth.engine.logging import MetricsWriter
 from boxdepth.engine.optim import build_lr_scheduler, build_optimizer
@@ -66,10 +68,11 @@ def batch_to_device(batch: dict, device: torch.device) -> dict:
 
 
 def checkpoint_state(model, optimizer, scheduler, scaler, iteration: int, cfg: Config,
-                     meta: dict) -> dict:
+                     meta: dict, teacher: ModelEMA | None = None) -> dict:
     return {"model": dist_unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler.is_enabled() else None,
-            "iteration": iteration, "config": cfg.to_dict(), "meta": meta}
+            "iteration": iteration, "config": cfg.to_dict(), "meta": meta,
+            "teacher": teacher.state_dict() if teacher is not None else None}
 
 
 def dataset_meta(dataset) -> dict:
@@ -121,11 +124,19 @@ def restore(path: Path, model, optimizer, scheduler, scaler, device) -> int:
 
 
 def train_step(model, criterion, optimizer, scheduler, scaler, batch: dict, iteration: int,
-               clip_grad_norm: float = 0.0) -> dict[str, float]:
-    """One optimisation step; returns the losses averaged over ranks (floats)."""
+               clip_grad_norm: float = 0.0, distiller=None, teacher=None,
+               stats: dict | None = None) -> dict[str, float]:
+    """One optimisation step; returns the losses averaged over ranks (floats). With a
+    `teacher` (EMA model) the `distiller` adds Eq. 10's term and, after the step, the
+    teacher follows the student (EMA); its matching statistics go into `stats`."""
     with torch.autocast(batch["images"].device.type, enabled=scaler.is_enabled()):
         outputs = model(batch["images"], batch["image_mask"], batch["targets"])
         losses = criterion(outputs, batch, iteration=iteration)
+        if teacher is not None:
+            extra, distill_stats = distiller(teacher, outputs, batch)
+            losses.update(extra)
+            if stats is not None:
+                stats.update(distill_stats)
     logged = dist.reduce_loss_dict(losses)
     bad = [k for k, v in logged.items() if not math.isfinite(v)]
     if bad:
@@ -138,7 +149,21 @@ def train_step(model, criterion, optimizer, scheduler, scaler, batch: dict, iter
     scaler.step(optimizer)
     scaler.update()
     scheduler.step()
+    if teacher is not None:
+        teacher.update(model)
     return logged
+
+
+def build_distiller(cfg: Config) -> SelfDistiller | None:
+    if not cfg.distill.enabled:
+        return None
+    d, b = cfg.distill, cfg.loss.boxinst
+    return SelfDistiller(teacher_size=d.teacher_size, teacher_max_size=d.teacher_max_size,
+                         match=d.match, alpha=d.alpha, beta=d.beta, tau_d=d.tau_d, tau_m=d.tau_m,
+                         dice_weight=d.dice_weight, kernel_size=b.pairwise_size,
+                         dilation=b.pairwise_dilation, kappa=cfg.loss.depth_consistency.kappa,
+                         mask_out_stride=cfg.model.mask_head.mask_out_stride,
+                         topk=cfg.model.fcos.post_nms_topk)
 
 
 def train(cfg: Config, out_dir: str | Path, *, resume: bool = False, progress: bool = True) -> Path:
@@ -146,7 +171,8 @@ def train(cfg: Config, out_dir: str | Path, *, resume: bool = False, progress: b
     device = dist.init_distributed(cfg.device)
     out_dir, is_main = Path(out_dir), dist.is_main_process()
     last_good = last_checkpoint(out_dir) if resume else None
-    start_iter = int(load_checkpoint(last_good)["iteration"]) if last_good else 0
+    ckpt = load_checkpoint(last_good, map_location=device) if last_good else None
+    start_iter = int(ckpt["iteration"]) if ckpt else 0
     loader = build_train_loader(cfg, start_iter=start_iter)
     meta = dataset_meta(loader.dataset.dataset)
     resolve_num_classes(cfg, loader.dataset.dataset)
@@ -154,10 +180,15 @@ def train(cfg: Config, out_dir: str | Path, *, resume: bool = False, progress: b
         out_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out_dir / "config.yaml")
     model, criterion, optimizer, scheduler, scaler = build_training(cfg, device)
-    if last_good:
+    distiller, teacher = build_distiller(cfg), None
+    if ckpt:
         restore(last_good, model, optimizer, scheduler, scaler, device)
+        if ckpt.get("teacher") is not None:  # distillation had started: the EMA teacher goes on
+            teacher = ModelEMA(model, cfg.distill.ema_decay)
+            teacher.load_state_dict(ckpt["teacher"])
     elif resume:
         log.info(f"--resume: no checkpoint in {out_dir}; starting from scratch")
+    del ckpt
     if dist.is_dist():
         model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
@@ -166,24 +197,25 @@ def train(cfg: Config, out_dir: str | Path, *, resume: bool = False, progress: b
     bar = tqdm(total=max_iter, initial=start_iter, disable=not (progress and is_main),
                desc="train", dynamic_ncols=True)
     model.train()
-    data_iter, timer = iter(loader), {"data": 0.0, "step": 0.0, "n": 0}
+    data_iter, timer, stats = iter(loader), {"data": 0.0, "step": 0.0, "n": 0}, {}
     for iteration in range(start_iter, max_iter):
+        if distiller is not None and teacher is None and iteration >= cfg.distill.start_iter:
+            teacher = ModelEMA(dist_unwrap(model), cfg.distill.ema_decay)  # a copy of the student
         t0 = time.perf_counter()
         batch = batch_to_device(next(data_iter), device)
         t1 = time.perf_counter()
         try:
             logged = train_step(model, criterion, optimizer, scheduler, scaler, batch, iteration,
-                                cfg.solver.clip_grad_norm)
+                                cfg.solver.clip_grad_norm, distiller, teacher, stats)
         except NonFiniteLossError as e:
             kept = f"last good checkpoint: {last_good}" if last_good else "no checkpoint written yet"
             raise NonFiniteLossError(f"{e}; {kept}") from None
-        timer["data"] += t1 - t0
-        timer["step"] += time.perf_counter() - t1
-        timer["n"] += 1
+        timer = {"data": timer["data"] + t1 - t0, "step": timer["step"] + time.perf_counter() - t1,
+                 "n": timer["n"] + 1}
         done = iteration + 1
         if done % period == 0 or done == max_iter:
             writer.write(done, {**logged, "loss": sum(logged.values()),
-                                "lr": optimizer.param_groups[0]["lr"],
+                                "lr": optimizer.param_groups[0]["lr"], **stats,
                                 "time_data": timer["data"] / timer["n"],
                                 "time_step": timer["step"] / timer["n"]})
             timer = {"data": 0.0, "step": 0.0, "n": 0}
@@ -192,11 +224,12 @@ def train(cfg: Config, out_dir: str | Path, *, resume: bool = False, progress: b
         if is_main and cfg.solver.checkpoint_period > 0 and done % cfg.solver.checkpoint_period == 0 \
                 and done < max_iter:
             last_good = save_checkpoint(out_dir / f"model_{done:07d}.pth", checkpoint_state(
-                model, optimizer, scheduler, scaler, done, cfg, meta))
+                model, optimizer, scheduler, scaler, done, cfg, meta, teacher))
     bar.close()
     final = out_dir / "model_final.pth"
     if is_main and start_iter < max_iter:
-        save_checkpoint(final, checkpoint_state(model, optimizer, scheduler, scaler, max_iter, cfg, meta))
+        save_checkpoint(final, checkpoint_state(model, optimizer, scheduler, scaler, max_iter, cfg,
+                                                meta, teacher))
     writer.close()
     dist.barrier()
     return final
@@ -204,7 +237,7 @@ def train(cfg: Config, out_dir: str | Path, *, resume: bool = False, progress: b
 
 def _short_losses(logged: dict[str, float]) -> dict[str, str]:
     keys = ("loss_fcos_cls", "loss_fcos_loc", "loss_prj", "loss_pairwise", "loss_mask",
-            "loss_depth", "loss_cons")
+            "loss_depth", "loss_cons", "loss_distill")
     out = {"loss": f"{sum(logged.values()):.3f}"}
     out.update({k[5:].replace("fcos_", ""): f"{logged[k]:.3f}" for k in keys if k in logged})
     return out
