@@ -108,6 +108,31 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_depth(args: argparse.Namespace) -> int:
+    from boxdepth.depth.generate import generate_depth
+
+    if (args.model is None) == (args.from_sensor is None):
+        raise ValueError("give exactly one of --model MODEL_DIR or --from-sensor SENSOR_DEPTH_ROOT")
+    summary = generate_depth(args.images_root, args.out, model_dir=args.model,
+                             from_sensor=args.from_sensor, coco_json=args.json,
+                             batch_size=args.batch_size, device=args.device,
+                             progress=not args.quiet, overwrite=args.overwrite)
+    print(f"{summary['written']} depth maps written, {summary['skipped_existing']} already there "
+          f"({summary['source']}) -> {summary['out_root']} in {summary['seconds']:.1f} s")
+    return 0
+
+
+def cmd_viz(args: argparse.Namespace) -> int:
+    from boxdepth.viz_panels import format_viz_summary, run_viz
+
+    summary = run_viz(args.inputs, args.out, depth_root=args.depth, images_root=args.images_root,
+                      weights=args.weights, device=args.device, score_thresh=args.score_thresh,
+                      max_images=args.max_images, kappa=args.kappa, tau=args.tau,
+                      short_side=args.short_side, affinity=args.affinity, progress=not args.quiet)
+    print(format_viz_summary(summary))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from boxdepth.demo import run_demo
 
@@ -176,6 +201,40 @@ def build_parser() -> argparse.ArgumentParser:
                    help="config override applied over the checkpoint's config (repeatable)")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_predict)
+
+    s = sub.add_parser("depth", help="make pseudo depth once: a local HF depth model or a depth camera")
+    s.add_argument("images_root", type=Path, help="image tree (the one training reads)")
+    s.add_argument("--out", required=True, type=Path, help="depth root (mirrors the image tree)")
+    s.add_argument("--model", type=str, default=None,
+                   help="local Hugging Face depth model folder (DPT, Depth Anything); never downloads")
+    s.add_argument("--from-sensor", type=Path, default=None,
+                   help="depth-camera images (uint16 mm, 0 = no reading) to convert instead")
+    s.add_argument("--json", type=Path, default=None, help="only the images of this COCO json")
+    s.add_argument("--batch-size", type=int, default=4)
+    s.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    s.add_argument("--overwrite", action="store_true", help="recompute maps that already exist")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(func=cmd_depth)
+
+    s = sub.add_parser("viz", help="panels: image | pseudo depth | colour and depth affinity | "
+                                   "predicted masks | predicted instance depth")
+    s.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
+    s.add_argument("--out", required=True, type=Path, help="output folder")
+    s.add_argument("--depth", type=Path, default=None, help="pseudo-depth root")
+    s.add_argument("--images-root", type=Path, default=None,
+                   help="root the depth tree mirrors (default: the inputs' common folder)")
+    s.add_argument("--weights", type=Path, default=None, help="checkpoint: adds the prediction tiles")
+    s.add_argument("--device", default="auto")
+    s.add_argument("--score-thresh", type=float, default=0.3)
+    s.add_argument("--max-images", type=int, default=8)
+    s.add_argument("--kappa", type=float, default=0.5, help="S_d = exp(-kappa |d255_i - d255_j|)")
+    s.add_argument("--tau", type=float, default=0.5, help="active depth pairs: S_d > tau")
+    s.add_argument("--short-side", type=int, default=None,
+                   help="resize first, as training does (affinities depend on scale)")
+    s.add_argument("--affinity", choices=("active", "mean"), default="active",
+                   help="show the fraction of active pairs, or the mean similarity")
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(func=cmd_viz)
 
     s = sub.add_parser("demo", help="the main job on the embedded synthetic dataset")
     s.add_argument("--out", type=Path, default=Path("runs/demo"), help="run folder (default runs/demo)")
