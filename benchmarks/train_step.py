@@ -1,7 +1,7 @@
 """Cost of one CondInst/BoxInst training iteration, phase by phase, plus inference latency
 and peak memory, on a synthetic batch (no dataset, no weights downloaded).
 
-    python benchmarks/train_step.py [--device auto|cpu|cuda] [--preset r50|small]
+    python benchmarks/train_step.py [--device auto|cpu|cuda] [--preset r50|demo|small]
         [--sizes 512 800] [--iters 3] [--warmup 1] [--batch B] [--threads T]
         [--depth-head] [--depth-loss] [--boxes 5] [--e2e-iters N]
         [--set KEY=VALUE ...] [--out bench.json]
@@ -51,7 +51,10 @@ PRESETS = {
         "model.backbone.name=resnet50", "model.backbone.norm=FrozenBN", "model.backbone.freeze_at=2",
         "model.backbone.weights=null", "model.fcos.num_classes=80"]},
     # the config the demo trains (embedded synthetic dataset, 4 classes, 256x192 images)
-    "small": {"config": "synth_boxinst", "sizes": [192], "overrides": ["model.fcos.num_classes=4"]},
+    "demo": {"config": "synth_boxinst", "sizes": [192], "overrides": ["model.fcos.num_classes=4"]},
+    "small": {"config": "synth_boxinst", "sizes": [192],
+              "overrides": ["model.fcos.num_classes=4", "model.backbone.name=small",
+                            "model.backbone.norm=BN", "model.backbone.freeze_at=0"]},
 }
 # A random-init model scores every location below the default inference_th (the class
 # prior is 0.01), so it would detect nothing; threshold 0 makes inference do its full

@@ -26,10 +26,21 @@ from boxdepth.fileio import atomic_write_json, atomic_write_text
 DEMO_DATA = dict(n_train=300, n_val=100, size=(256, 192), seed=0, camouflage=0.3, depth_error=1.0)
 DEMO_CONFIG = "synth_boxinst"
 # variant -> config overrides ({data} is the dataset folder). Same budget for all.
+_DEPTH = "data.depth_root={data}/depth"
+_FULL = [_DEPTH, "model.depth_head=true", "loss.depth_consistency.weight=1.0"]
 VARIANTS: dict[str, list[str]] = {
     "boxinst": [],
+    # Table 3a: the depth-consistency loss (Eqs. 3-4), the DG head with L_depth (Eqs. 1-2), both
+    "boxinst+cons": [_DEPTH, "loss.depth_consistency.weight=1.0"],
+    "boxinst+dg": [_DEPTH, "model.depth_head=true", "loss.depth_consistency.weight=0.0"],
+    "boxinst+cons+dg": _FULL,
+    # Table 3c: self-distillation from distill.start_iter, IoU-only vs depth-aware matching
+    "distill_iou": [*_FULL, "distill.enabled=true", "distill.match=iou"],
+    "distill_match": [*_FULL, "distill.enabled=true", "distill.match=depth"],
     "mask_supervised": ["loss.mode=mask", "data.train_json={data}/train_masks.json"],
 }
+# what `boxdepth demo` runs without --variants
+DEFAULT_VARIANTS = ["boxinst", "mask_supervised"]
 # rows computed from another variant's model: name -> (source variant, evaluation option)
 DERIVED = {"box_as_mask": "boxinst"}
 METRIC_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
@@ -84,6 +95,7 @@ def train_and_evaluate(name: str, data_dir: Path, out_dir: Path, seed: int, extr
     """Train one variant (resuming if interrupted) and return its result rows."""
     from boxdepth.data.build import build_dataset
     from boxdepth.engine.inference import evaluate_model, load_trained_model
+    from boxdepth.engine.predict import resolve_device
     from boxdepth.engine.trainer import train
 
     cfg = variant_config(name, data_dir, seed, extra)
@@ -93,8 +105,8 @@ def train_and_evaluate(name: str, data_dir: Path, out_dir: Path, seed: int, extr
     _check_same_config(run_dir, cfg)
     print(f"[demo] {name} (seed {seed}): training {cfg.solver.max_iter} iterations -> {run_dir}")
     final = train(cfg, run_dir, resume=True, progress=progress)
-    model, cfg, _ = load_trained_model(final, "cpu" if cfg.device == "auto" else cfg.device, cfg)
-    device = next(model.parameters()).device
+    device = resolve_device(cfg.device)
+    model, cfg, _ = load_trained_model(final, device, cfg)
     val = build_dataset(cfg, "val", is_train=False)
     rows = [{"variant": name, "seed": seed,
              **evaluate_model(model, val, cfg.data.val_json, device, out_dir=run_dir, progress=progress)}]
@@ -144,7 +156,7 @@ def run_demo(out_dir: str | Path = "runs/demo", *, seeds: int = 1, variants: lis
 
     t0 = time.time()
     out_dir = Path(out_dir)
-    names = list(variants or VARIANTS)
+    names = list(variants or DEFAULT_VARIANTS)
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
         raise ValueError(f"unknown demo variant(s) {unknown}; choose from {list(VARIANTS)}")

@@ -21,7 +21,7 @@ def _gt_instances(val: dict, image: dict) -> tuple[np.ndarray, np.ndarray, list[
 
 
 def write_demo_panel(out_dir: Path, data_dir: Path, variants: list[str], *, seed: int = 0,
-                     num_images: int = 4, score_thresh: float = 0.3) -> Path:
+                     num_images: int = 4, score_thresh: float = 0.5) -> Path:
     """<out_dir>/panel.png: rows = val images; columns = ground truth, then each variant."""
     from boxdepth.data.transforms import TestTransform
     from boxdepth.engine.inference import load_trained_model

@@ -59,18 +59,25 @@ def save_depth_png(path: str | Path, depth01: np.ndarray) -> None:
     atomic_save(path, lambda p: img.save(p, format="PNG"))
 
 
-def load_depth_png(path: str | Path) -> np.ndarray:
-    """Read a stored depth PNG -> float32 (H, W) in [0, 1]. Errors name the file."""
+def read_single_channel(path: str | Path, what: str = "depth file") -> np.ndarray:
+    """Decode a one-channel image (8/16-bit or float) as stored; errors name the file."""
     path = Path(path)
     try:
         with Image.open(path) as im:
             arr = np.asarray(im)
     except FileNotFoundError:
-        raise FileNotFoundError(f"depth file not found: {path}") from None
+        raise FileNotFoundError(f"{what} not found: {path}") from None
     except Exception as e:  # PIL raises many types for corrupt files
-        raise ValueError(f"cannot read depth file {path}: {e}") from None
-    if arr.ndim != 2:
-        raise ValueError(f"depth file {path} has shape {arr.shape}; expected one channel")
+        raise ValueError(f"cannot read {what} {path}: {type(e).__name__}: {e}") from None
+    if arr.ndim != 2 or arr.dtype.kind not in "uif":
+        raise ValueError(f"{what} {path} has shape {arr.shape} and dtype {arr.dtype}; "
+                         f"expected one channel")
+    return arr
+
+
+def load_depth_png(path: str | Path) -> np.ndarray:
+    """Read a stored depth PNG -> float32 (H, W) in [0, 1]. Errors name the file."""
+    arr = read_single_channel(path, "depth file")
     if arr.dtype == np.uint8:
         return arr.astype(np.float32) / 255.0
     return arr.astype(np.float32) / DEPTH_SCALE

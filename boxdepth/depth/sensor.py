@@ -25,10 +25,9 @@ from __future__ import annotations
 from pathlib import Path, PurePosixPath
 
 import numpy as np
-from PIL import Image
 from scipy.ndimage import distance_transform_edt
 
-from boxdepth.data.depth_io import normalize_inverse_depth
+from boxdepth.data.depth_io import normalize_inverse_depth, read_single_channel
 
 COLOR_DEPTH_SUFFIXES = (("-color", "-depth"), ("_color", "_depth"))
 
@@ -71,17 +70,7 @@ def find_sensor_depth(images_root: str | Path, sensor_root: str | Path, rel: str
 
 def read_sensor_depth(path: str | Path) -> np.ndarray:
     """Single-channel depth image -> float64 (H, W) in its own units (mm). Names the file."""
-    path = Path(path)
-    try:
-        with Image.open(path) as im:
-            arr = np.asarray(im)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"sensor depth file not found: {path}") from None
-    except Exception as e:  # Pillow raises many types for corrupt files
-        raise ValueError(f"cannot read sensor depth {path}: {type(e).__name__}: {e}") from None
-    if arr.ndim != 2 or arr.dtype.kind not in "uif":
-        raise ValueError(f"sensor depth {path} has shape {arr.shape} and dtype {arr.dtype}; "
-                         f"expected one channel of depth values (16-bit PNG in mm)")
+    arr = read_single_channel(path, "sensor depth (16-bit PNG in mm)")
     return arr.astype(np.float64)
 
 

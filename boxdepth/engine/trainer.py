@@ -111,15 +111,13 @@ def build_training(cfg: Config, device: torch.device):
     return model, criterion, optimizer, scheduler, scaler
 
 
-def restore(path: Path, model, optimizer, scheduler, scaler, device) -> int:
-    """Load a training checkpoint into the objects; returns the iteration to continue from."""
-    ckpt = load_checkpoint(path, map_location=device)
+def restore(ckpt: dict, model, optimizer, scheduler, scaler) -> int:
+    """Load a training checkpoint (dict) into the objects; returns the iteration to continue from."""
     model.load_state_dict(ckpt["model"])
     optimizer.load_state_dict(ckpt["optimizer"])
     scheduler.load_state_dict(ckpt["scheduler"])
     if scaler.is_enabled() and ckpt.get("scaler"):
         scaler.load_state_dict(ckpt["scaler"])
-    log.info(f"resumed from {path} at iteration {ckpt['iteration']}")
     return int(ckpt["iteration"])
 
 
@@ -182,7 +180,8 @@ def train(cfg: Config, out_dir: str | Path, *, resume: bool = False, progress: b
     model, criterion, optimizer, scheduler, scaler = build_training(cfg, device)
     distiller, teacher = build_distiller(cfg), None
     if ckpt:
-        restore(last_good, model, optimizer, scheduler, scaler, device)
+        restore(ckpt, model, optimizer, scheduler, scaler)
+        log.info(f"resumed from {last_good} at iteration {start_iter}")
         if ckpt.get("teacher") is not None:  # distillation had started: the EMA teacher goes on
             teacher = ModelEMA(model, cfg.distill.ema_decay)
             teacher.load_state_dict(ckpt["teacher"])
