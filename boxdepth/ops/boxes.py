@@ -89,28 +89,26 @@ def generalized_box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return _giou_from(a[:, None, :], b[None, :, :])
 
 
-def elementwise_box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """IoU of aligned pairs ``a[i]``, ``b[i]`` -> (N,)."""
+def _check_aligned(a: torch.Tensor, b: torch.Tensor, what: str) -> None:
     _check_boxes(a, "a")
     _check_boxes(b, "b")
     if a.shape != b.shape:
         raise ValueError(
-            f"boxdepth/ops/boxes.py: elementwise IoU needs equal shapes, "
+            f"boxdepth/ops/boxes.py: elementwise {what} needs equal shapes, "
             f"got {tuple(a.shape)} and {tuple(b.shape)}"
         )
+
+
+def elementwise_box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """IoU of aligned pairs ``a[i]``, ``b[i]`` -> (N,)."""
+    _check_aligned(a, b, "IoU")
     inter, union = _inter_union(a, b)
     return _safe_div(inter, union)
 
 
 def elementwise_generalized_box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Generalized IoU of aligned pairs ``a[i]``, ``b[i]`` -> (N,)."""
-    _check_boxes(a, "a")
-    _check_boxes(b, "b")
-    if a.shape != b.shape:
-        raise ValueError(
-            f"boxdepth/ops/boxes.py: elementwise GIoU needs equal shapes, "
-            f"got {tuple(a.shape)} and {tuple(b.shape)}"
-        )
+    _check_aligned(a, b, "GIoU")
     return _giou_from(a, b)
 
 
