@@ -118,6 +118,21 @@ def train_and_evaluate(name: str, data_dir: Path, out_dir: Path, seed: int, extr
     return rows
 
 
+def write_depth_panels(out_dir: Path, data_dir: Path, variant: str, num_images: int = 3) -> None:
+    """`boxdepth viz` panels (image | pseudo depth | colour / depth affinity | masks | instance
+    depth) of a few val images with the model of a depth variant, in <out>/depth_panels/."""
+    from boxdepth.viz_panels import run_viz
+
+    cfg = variant_config(variant, data_dir, 0)
+    summary = run_viz([str(data_dir / "images" / "val")], out_dir / "depth_panels",
+                      depth_root=data_dir / "depth", images_root=data_dir / "images",
+                      weights=out_dir / f"{variant}_seed0" / "model_final.pth", device="cpu",
+                      score_thresh=0.5, max_images=num_images,
+                      kappa=cfg.loss.depth_consistency.kappa, tau=cfg.loss.depth_consistency.tau,
+                      progress=False)
+    print(f"wrote {len(summary['panels'])} depth panels ({variant}) to {out_dir / 'depth_panels'}")
+
+
 def summarize(rows: list[dict]) -> dict:
     """Mean and sample standard deviation over seeds for each variant."""
     out: dict[str, dict] = {}
@@ -176,5 +191,8 @@ def run_demo(out_dir: str | Path = "runs/demo", *, seeds: int = 1, variants: lis
     print(format_table(table))
     from boxdepth.demo_panel import write_demo_panel
     print(f"wrote {write_demo_panel(out_dir, data_dir, names, seed=0)}")
+    depth_variants = [n for n in names if any(o.startswith("data.depth_root") for o in VARIANTS[n])]
+    if depth_variants:
+        write_depth_panels(out_dir, data_dir, depth_variants[-1])
     print(f"wrote {out_dir / 'results.json'} ({result['seconds']:.0f} s)")
     return result
