@@ -55,3 +55,22 @@ def test_demo_refuses_to_mix_budgets(tmp_path, monkeypatch, capsys):
     assert main(args) == 0
     assert main(args + ["--set", "solver.max_iter=3"]) == 2
     assert "other settings" in capsys.readouterr().err
+
+
+def test_demo_depth_variant_trains_with_depth_and_writes_depth_panels(tmp_path, monkeypatch, capsys):
+    import boxdepth.demo as demo
+    monkeypatch.setattr(demo, "DEMO_DATA", dict(n_train=4, n_val=2, size=(96, 64), seed=2,
+                                                camouflage=0.3, depth_error=1.0))
+    args = ["demo", "--out", str(tmp_path), "--quiet", "--variants", "boxinst+cons+dg", "--seeds", "2"]
+    for o in TINY_DEMO + ["log.period=1"]:
+        args += ["--set", o]
+    assert main(args) == 0
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert [(r["variant"], r["seed"]) for r in res["rows"]] == [("boxinst+cons+dg", 0), ("boxinst+cons+dg", 1)]
+    summary = res["summary"]["boxinst+cons+dg"]
+    assert summary["n"] == 2 and "segm_AP_std" in summary
+    from boxdepth.engine.logging import read_metrics
+    row = read_metrics(tmp_path / "boxinst+cons+dg_seed0" / "metrics.jsonl")[-1]
+    assert "loss_cons" in row and "loss_depth" in row  # depth really used
+    assert len(list((tmp_path / "depth_panels").glob("*_panel.png"))) == 2
+    assert "±" in capsys.readouterr().out
