@@ -3,7 +3,7 @@ and peak memory, on a synthetic batch (no dataset, no weights downloaded).
 
     python benchmarks/train_step.py [--device auto|cpu|cuda] [--preset r50|demo|small]
         [--sizes 512 800] [--iters 3] [--warmup 1] [--batch B] [--threads T]
-        [--depth-head] [--depth-loss] [--boxes 5] [--e2e-iters N]
+        [--depth-head] [--depth-loss] [--boxes 5] [--e2e-iters N] [--distill]
         [--set KEY=VALUE ...] [--out bench.json]
 
 Every size is one *setting* (short side, 4:3 landscape, long side capped at the
@@ -25,8 +25,15 @@ How the split is taken: the real code runs, instrumented, never re-implemented.
     loss_depth with a depth head, else loss_cons).
   * step: the body of `engine.trainer.train_step` with marks between its stages; with
     `--e2e-iters` the unmodified `train_step` is timed as a whole too.
+  * distill (`--distill`): after the plain iterations, the same step with an EMA teacher
+    (`distill.ModelEMA` of the student) and `build_distiller(cfg)` (distill.enabled=true):
+    the distiller module's `teacher_predictions`, `pseudo_targets_for_proposals`,
+    `boxes_to_stride_masks`, `reliable_dice_loss` and the distiller's `match` are wrapped,
+    and `teacher.update` is marked. distill_over_plain = median distill iteration /
+    median plain iteration of this run; the teacher runs at distill.teacher_size.
 JSON keys: "benchmark", "command", "args", "env", "results" (one per setting: "setting",
-"model", "inference", "train", "train_step_e2e", "memory", "wall_s").
+"model", "inference", "train", "train_step_e2e", "distill" (None without --distill),
+"memory", "wall_s").
 """
 from __future__ import annotations
 
@@ -81,6 +88,17 @@ TRAIN_GROUPS = {
     "backward": ["backward"],
     "optimizer": ["zero_grad", "clip_grad", "optimizer_step", "scheduler"],
 }
+# distiller-module function -> phase (the glue before a call is charged to it, as for losses)
+DISTILL_FUNCTIONS = {"teacher_predictions": "teacher_forward", "pseudo_targets_for_proposals": "reliable_dice",
+                     "boxes_to_stride_masks": "reliable_dice", "reliable_dice_loss": "reliable_dice"}
+DISTILL_GROUPS = {
+    "student_forward_losses": [p for g in ("batch_to_device", "backbone_fpn", "heads", "losses")
+                               for p in TRAIN_GROUPS[g]],
+    "teacher_forward": ["teacher_forward"], "match": ["match"],
+    "reliable_dice": ["reliable_dice", "distill_tail"],
+    **{g: TRAIN_GROUPS[g] for g in ("loss_sync", "backward", "optimizer")},
+    "ema_update": ["ema_update"],
+}
 INFER_GROUPS = {
     "to_device": ["to_device"],
     "backbone_fpn": ["normalize", "backbone", "fpn"],
@@ -95,6 +113,7 @@ def build_cfg(s: dict):
     preset = PRESETS[s["preset"]]
     depth_head = f"model.depth_head={'true' if s['depth_head'] else 'false'}"
     overrides = preset["overrides"] + INFERENCE_OVERRIDES + [depth_head]
+    overrides += ["distill.enabled=true"] if s.get("distill") else []
     return load_config(s["config"] or preset["config"], overrides + list(s["overrides"]))
 
 
@@ -144,17 +163,35 @@ def instrument_model(model, timer: common.PhaseTimer, hooks: dict):
 
 
 @contextlib.contextmanager
+def instrument_functions(module, functions: dict[str, str], timer: common.PhaseTimer, prefix: str = ""):
+    """Wrap `module`'s functions {name: phase} to mark '<phase>/<prefix><name>' after each call;
+    yields the names it could not find."""
+    saved = {n: getattr(module, n) for n in functions if hasattr(module, n)}
+    for name, fn in saved.items():
+        setattr(module, name, common.marked(fn, timer, f"{functions[name]}/{prefix}{name}"))
+    try:
+        yield sorted(set(functions) - set(saved))
+    finally:
+        for name, fn in saved.items():
+            setattr(module, name, fn)
+
+
 def instrument_criterion(timer: common.PhaseTimer):
     """Wrap the loss functions CondInstCriterion calls; yields the names it could not find."""
     import boxdepth.losses.criterion as crit
-    saved = {n: getattr(crit, n) for n in LOSS_FUNCTIONS if hasattr(crit, n)}
-    for name, fn in saved.items():
-        setattr(crit, name, common.marked(fn, timer, f"{LOSS_FUNCTIONS[name]}/{name}"))
+    return instrument_functions(crit, LOSS_FUNCTIONS, timer)
+
+
+@contextlib.contextmanager
+def instrument_distiller(distiller, timer: common.PhaseTimer):
+    """Wrap what `SelfDistiller.forward` calls (module functions and its own `match`)."""
+    import boxdepth.distill.distiller as dmod
+    distiller.match = common.marked(distiller.match, timer, "match")  # instance attribute shadows the method
     try:
-        yield sorted(set(LOSS_FUNCTIONS) - set(saved))
+        with instrument_functions(dmod, DISTILL_FUNCTIONS, timer, prefix="distill.") as missing:
+            yield missing
     finally:
-        for name, fn in saved.items():
-            setattr(crit, name, fn)
+        del distiller.match
 
 
 def split_loss_marks(marks: dict[str, float]) -> tuple[dict[str, float], dict[str, float]]:
@@ -172,7 +209,7 @@ def split_loss_marks(marks: dict[str, float]) -> tuple[dict[str, float], dict[st
 
 # ---------------------------------------------------------------- timed work
 def instrumented_step(model, criterion, optimizer, scheduler, scaler, cpu_batch, device, iteration: int,
-                      clip: float, timer: common.PhaseTimer):
+                      clip: float, timer: common.PhaseTimer, distiller=None, teacher=None):
     """`engine.trainer.train_step` with marks; returns (marks, logged losses, proposals)."""
     from boxdepth.engine import dist
     from boxdepth.engine.trainer import NonFiniteLossError, batch_to_device
@@ -184,6 +221,9 @@ def instrumented_step(model, criterion, optimizer, scheduler, scaler, cpu_batch,
         timer.mark("forward_tail")
         losses = criterion(outputs, batch, iteration=iteration)
         timer.mark("loss_tail")
+        if teacher is not None:
+            losses.update(distiller(teacher, outputs, batch)[0])
+            timer.mark("distill_tail")
     logged = dist.reduce_loss_dict(losses)
     bad = [k for k, v in logged.items() if not math.isfinite(v)]
     if bad:
@@ -202,32 +242,52 @@ def instrumented_step(model, criterion, optimizer, scheduler, scaler, cpu_batch,
     timer.mark("optimizer_step")
     scheduler.step()
     timer.mark("scheduler")
+    if teacher is not None:
+        teacher.update(model)
+        timer.mark("ema_update")
     return timer.stop(), logged, len(outputs["proposals"]["im_inds"])
 
 
-def bench_train(parts, cpu_batch, device, s: dict, clip: float) -> dict:
+def bench_train(parts, cpu_batch, device, s: dict, clip: float, distiller=None, teacher=None) -> dict:
     model, criterion, optimizer, scheduler, scaler = parts
     timer = common.PhaseTimer(device)
     model.train()
     it0 = int(getattr(criterion, "warmup_iters", 0))  # pairwise/consistency at full weight
     runs, funcs, props, logged = [], [], [], {}
-    with instrument_model(model, timer, TRAIN_HOOKS), instrument_criterion(timer) as missing:
+    groups = TRAIN_GROUPS if teacher is None else DISTILL_GROUPS
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(instrument_model(model, timer, TRAIN_HOOKS))
+        missing = stack.enter_context(instrument_criterion(timer))
+        if teacher is not None:
+            missing += stack.enter_context(instrument_distiller(distiller, timer))
         for i in range(s["warmup"] + s["iters"]):
-            marks, logged, n_prop = instrumented_step(model, criterion, optimizer, scheduler, scaler,
-                                                      cpu_batch, device, it0 + i, clip, timer)
+            marks, logged, n_prop = instrumented_step(model, criterion, optimizer, scheduler, scaler, cpu_batch,
+                                                      device, it0 + i, clip, timer, distiller, teacher)
             if i >= s["warmup"]:
                 phases, fn_times = split_loss_marks(marks)
                 runs.append(phases)
                 funcs.append(fn_times)
                 props.append(n_prop)
-    order = [p for members in TRAIN_GROUPS.values() for p in members if any(p in r for r in runs)]
+    order = [p for members in groups.values() for p in members if any(p in r for r in runs)]
     total = common.summarize(sum(r.values()) for r in runs)
     return {"phases": common.summarize_runs(runs, order),
-            "groups": common.summarize_runs([common.group_sums(r, TRAIN_GROUPS) for r in runs]),
+            "groups": common.summarize_runs([common.group_sums(r, groups) for r in runs]),
             "loss_functions": common.summarize_runs(funcs), "total": total,
             "images_per_s": s["batch"] / total["median"] if total["median"] else None,
             "proposals_per_image": sum(props) / max(len(props), 1) / s["batch"],
             "losses": logged, "uninstrumented_loss_functions": missing}
+
+
+def bench_distill(parts, cfg, cpu_batch, device, s: dict, clip: float, plain_total: dict) -> dict:
+    """Distillation iterations (teacher = EMA copy of the student, made before any instrumentation
+    so it carries no hooks) with the same split as `bench_train`, plus the ratio to the plain step."""
+    from boxdepth.distill.ema import ModelEMA
+    from boxdepth.engine.trainer import build_distiller
+    distiller, teacher = build_distiller(cfg).to(device), ModelEMA(parts[0], cfg.distill.ema_decay)
+    r = bench_train(parts, cpu_batch, device, s, clip, distiller, teacher)
+    ratio = r["total"]["median"] / plain_total["median"] if plain_total["median"] else None
+    return {**r, "distill_over_plain": ratio, "teacher_size": int(cfg.distill.teacher_size),
+            "teacher_max_size": int(cfg.distill.teacher_max_size), "match": cfg.distill.match}
 
 
 def bench_e2e(parts, cpu_batch, device, s: dict, clip: float) -> dict | None:
@@ -297,13 +357,18 @@ def run_setting(s: dict) -> dict:
     train = bench_train(parts, cpu_batch, device, s, clip)
     mem.end("train", s["warmup"] + s["iters"])
     e2e = bench_e2e(parts, cpu_batch, device, s, clip)
+    distill = None
+    if s["distill"]:
+        mem.begin()
+        distill = bench_distill(parts, cfg, cpu_batch, device, s, clip, train["total"])
+        mem.end("distill", s["warmup"] + s["iters"])
     n_params = sum(p.numel() for p in model.parameters())
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     setting = {**s, "padded_hw": list(cpu_batch["images"].shape[-2:]), "amp": bool(parts[4].is_enabled()),
                "backbone": cfg.model.backbone.name, "load_average_end": common.load_average(),
                "cpu_contention": contention.result()}
     return {"setting": setting, "model": {"parameters": n_params, "trainable_parameters": n_train},
-            "inference": inference, "train": train, "train_step_e2e": e2e, "memory": mem.out,
+            "inference": inference, "train": train, "train_step_e2e": e2e, "distill": distill, "memory": mem.out,
             "wall_s": time.perf_counter() - t_wall}
 
 
@@ -326,6 +391,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--boxes", type=int, default=5, help="GT boxes per image (default 5)")
     p.add_argument("--e2e-iters", type=int, default=None,
                    help="extra iterations of the unmodified train_step (default: --iters on CUDA, 0 on CPU)")
+    p.add_argument("--distill", action="store_true",
+                   help="also time self-distillation iterations (EMA teacher at distill.teacher_size)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override, repeatable (applied last)")
     p.add_argument("--out", default=None, help="write the JSON here (atomically)")
@@ -349,10 +416,22 @@ def resolve_settings(args) -> list[dict]:
     base = {"preset": args.preset, "config": args.config, "device": device,
             "batch": args.batch or (2 if cuda else 1), "threads": args.threads or common.available_cores(),
             "depth_head": args.depth_head, "depth_loss": args.depth_loss, "boxes": args.boxes,
+            "distill": args.distill,
             "iters": args.iters, "warmup": args.warmup, "overrides": list(args.overrides),
             "e2e_iters": args.e2e_iters if args.e2e_iters is not None else (args.iters if cuda else 0)}
     return [{**base, "short_side": sz, "hw": list(shortest_edge_shape(480, 640, sz, max_size))}
             for sz in (args.sizes or PRESETS[args.preset]["sizes"])]
+
+
+def group_rows(tr: dict, groups: dict, collapsed=()) -> list[tuple[str, dict]]:
+    rows = []
+    for g, members in groups.items():
+        rows.append((g, tr["groups"][g]))
+        if len(members) > 1 and g not in collapsed:
+            rows += [(f"  {p}", tr["phases"][p]) for p in members if p in tr["phases"]]
+    if "other" in tr["groups"]:
+        rows.append(("other", tr["groups"]["other"]))
+    return rows + [("total", tr["total"])]
 
 
 def report(r: dict) -> str:
@@ -360,20 +439,21 @@ def report(r: dict) -> str:
     head = (f"== {s['preset']} ({s['backbone']}) {s['device']} {s['hw'][0]}x{s['hw'][1]} "
             f"(padded {s['padded_hw'][0]}x{s['padded_hw'][1]}), batch {s['batch']}, threads {s['threads']}, "
             f"depth_head={s['depth_head']} depth_loss={s['depth_loss']} amp={s['amp']} ==")
-    rows = []
-    for g, members in TRAIN_GROUPS.items():
-        rows.append((g, tr["groups"][g]))
-        rows += [(f"  {p}", tr["phases"][p]) for p in members if p in tr["phases"] and len(members) > 1]
-    if "other" in tr["groups"]:
-        rows.append(("other", tr["groups"]["other"]))
-    rows.append(("total", tr["total"]))
     lines = [head, f"train ({tr['total']['n']} timed iterations):",
-             common.format_table(rows, tr["total"]["median"]),
+             common.format_table(group_rows(tr, TRAIN_GROUPS), tr["total"]["median"]),
              f"train: {tr['images_per_s']:.3f} images/s; {tr['proposals_per_image']:.1f} proposals/image"]
     if r["train_step_e2e"]:
         e = r["train_step_e2e"]
         lines.append(f"train_step end to end (no marks): median {common.ms(e['total']['median'])} ms, "
                      f"{e['images_per_s']:.3f} images/s")
+    if r.get("distill"):
+        d = r["distill"]
+        lines += [f"distill (teacher_size {d['teacher_size']}, max {d['teacher_max_size']}, "
+                  f"{d['total']['n']} timed iterations):",
+                  common.format_table(group_rows(d, DISTILL_GROUPS, ["student_forward_losses"]),
+                                      d["total"]["median"]),
+                  f"distill_over_plain: {d['distill_over_plain']:.3f} (median distill iteration "
+                  f"{common.ms(d['total']['median'])} ms / plain {common.ms(tr['total']['median'])} ms)"]
     g = inf["groups"]
     lines.append(f"inference (1 image, {inf['total']['n']} timed): total {common.ms(inf['total']['median'])} ms = "
                  + ", ".join(f"{k} {common.ms(v['median'])}" for k, v in g.items())

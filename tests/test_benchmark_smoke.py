@@ -29,7 +29,9 @@ def test_train_step_benchmark_tiny(tmp_path):
     assert {"MALLOC_ARENA_MAX", "LD_PRELOAD", "PYTORCH_CUDA_ALLOC_CONF"} <= set(data["env"]["allocator_env"])
     assert data["env"]["torch_threads"] == 1
     (r,) = data["results"]
-    assert set(r) == {"setting", "model", "inference", "train", "train_step_e2e", "memory", "wall_s"}
+    assert set(r) == {"setting", "model", "inference", "train", "train_step_e2e", "distill", "memory",
+                      "wall_s"}
+    assert r["distill"] is None  # only with --distill
     s = r["setting"]
     assert s["hw"] == [64, 85] and s["padded_hw"] == [64, 96] and s["backbone"] == "small"
     tr = r["train"]
@@ -68,3 +70,25 @@ def test_train_step_benchmark_depth_variant_and_e2e(tmp_path):
     loss_terms = ("loss_fcos", "loss_prj", "loss_pairwise", "loss_depth", "loss_cons")
     assert fn_sum == pytest.approx(sum(tr["phases"][t]["median"] for t in loss_terms), rel=1e-9)
     assert r["train_step_e2e"]["total"]["n"] == 1
+
+
+def test_train_step_benchmark_distill(tmp_path):
+    data, stdout = _run(tmp_path, "--distill", "--iters", "1", "--set", "distill.teacher_size=96",
+                        "--set", "distill.teacher_max_size=128")
+    r = data["results"][0]
+    d = r["distill"]
+    assert d["teacher_size"] == 96 and d["teacher_max_size"] == 128 and d["total"]["n"] == 1
+    assert set(d["groups"]) == {"student_forward_losses", "teacher_forward", "match", "reliable_dice",
+                                "loss_sync", "backward", "optimizer", "ema_update"}
+    for phase in ("backbone", "loss_fcos", "teacher_forward", "match", "reliable_dice", "backward",
+                  "optimizer_step", "ema_update"):
+        assert d["phases"][phase]["median"] > 0, phase
+    assert "loss_distill" in d["losses"] and d["uninstrumented_loss_functions"] == []
+    # one iteration: the groups make up the whole distillation step, and the ratio is
+    # exactly the two medians of this run
+    total = d["total"]["median"]
+    assert sum(g["median"] for g in d["groups"].values()) == pytest.approx(total, rel=1e-9)
+    ratio = d["distill_over_plain"]
+    assert isinstance(ratio, float) and ratio > 0
+    assert ratio == pytest.approx(total / r["train"]["total"]["median"], rel=1e-12)
+    assert "distill_over_plain" in stdout and "teacher_forward" in stdout
