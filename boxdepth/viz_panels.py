@@ -301,7 +301,7 @@ def run_viz(inputs: list[str], out_dir, *, depth_root=None, images_root=None, we
     docstring). Returns {"images" (drawn), "images_found", "panels" (paths),
     "missing_depth" (image paths), "out_dir", "images_root", "depth_root", "weights",
     "device" (None without weights), "tiles" (titles of the last row)}."""
-    from boxdepth.engine.predict import _check_headers, collect_images, output_names, resolve_device
+    from boxdepth.engine.predict import check_image_headers, collect_images, output_names, resolve_device
 
     if not 0.0 <= float(score_thresh) <= 1.0:
         raise ValueError(f"score_thresh must be in [0, 1], got {score_thresh}")
@@ -314,7 +314,7 @@ def run_viz(inputs: list[str], out_dir, *, depth_root=None, images_root=None, we
     found = len(paths)
     if max_images is not None:
         paths = paths[:int(max_images)]
-    _check_headers(paths)
+    check_image_headers(paths)
     root = Path(images_root) if images_root is not None else default_images_root(inputs, paths)
     rels = [relative_name(p, root) for p in paths]  # fail on a wrong root before any work
     if depth_root is None:

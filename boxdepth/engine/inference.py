@@ -88,7 +88,7 @@ def load_trained_model(weights: str | Path, device: torch.device | str = "cpu",
         if not saved:
             raise ValueError(f"{weights} holds no config; pass a config file")
         cfg = load_config(None)
-        _merge_known(cfg, saved)
+        merge_known_keys(cfg, saved)
     if cfg.model.fcos.num_classes is None and saved:
         cfg.model.fcos.num_classes = saved["model"]["fcos"]["num_classes"]
     cfg.model.backbone.weights = None  # the checkpoint already holds the backbone
@@ -103,10 +103,10 @@ def load_trained_model(weights: str | Path, device: torch.device | str = "cpu",
     return model.to(device).eval(), cfg, meta
 
 
-def _merge_known(dst: dict, src: dict) -> None:
+def merge_known_keys(dst: dict, src: dict) -> None:
     """Copy values of `src` whose keys exist in `dst` (configs saved by older versions)."""
     for k, v in src.items():
         if k in dst and isinstance(dst[k], dict) and isinstance(v, dict):
-            _merge_known(dst[k], v)
+            merge_known_keys(dst[k], v)
         elif k in dst:
             dst[k] = v

@@ -110,7 +110,7 @@ def output_names(paths: Sequence[Path]) -> list[str]:
     return names
 
 
-def _check_headers(paths: Sequence[Path]) -> None:
+def check_image_headers(paths: Sequence[Path]) -> None:
     """Fail before any work if a file is not an image at all (full decoding comes later)."""
     for p in paths:
         try:
@@ -138,7 +138,7 @@ def checkpoint_config(weights: str | Path, overrides: Sequence[str]):
     """Defaults <- the checkpoint's saved config <- `key=value` overrides."""
     from boxdepth.config import Config, apply_override, load_config, parse_override
     from boxdepth.engine.checkpoint import load_checkpoint
-    from boxdepth.engine.inference import _merge_known
+    from boxdepth.engine.inference import merge_known_keys
 
     load_config(None, overrides)  # unknown keys fail here, naming the closest valid ones
     schema = load_config(None).to_dict()
@@ -146,7 +146,7 @@ def checkpoint_config(weights: str | Path, overrides: Sequence[str]):
     if not saved:
         raise ValueError(f"{weights} holds no config to apply the overrides to")
     cfg = load_config(None)
-    _merge_known(cfg, saved)
+    merge_known_keys(cfg, saved)
     for ov in overrides:
         apply_override(cfg, *parse_override(ov), schema)
     return Config(cfg.to_dict())
@@ -227,7 +227,7 @@ def run_predict(weights, inputs: list[str], out_dir, *, device="auto", score_thr
     paths = collect_images(inputs, exclude=out_dir)
     if max_images is not None:
         paths = paths[:max(int(max_images), 0)]
-    _check_headers(paths)
+    check_image_headers(paths)
     dev = resolve_device(device)
     model, cfg, cat_ids, class_names = _load(weights, dev, list(cfg_overrides))
     if save_depth and not model.mask_head.depth_head:
