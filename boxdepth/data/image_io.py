@@ -40,6 +40,10 @@ class BadImageError(ValueError):
     """An image file exists but cannot be decoded into RGB."""
 
 
+# file endings treated as images when a folder is scanned (predict, viz, depth)
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
 def _exif_upright(im: Image.Image, path: Path) -> Image.Image:
     try:
         return ImageOps.exif_transpose(im)

@@ -34,10 +34,9 @@ from tqdm import tqdm
 from boxdepth.data.coco_records import read_coco_json, safe_relative_path
 from boxdepth.data.depth_io import (META_NAME, depth_path_for, normalize_inverse_depth,
                                     read_depth_meta, save_depth_png, write_depth_meta)
-from boxdepth.data.image_io import load_image_rgb
+from boxdepth.data.image_io import IMAGE_EXTENSIONS, load_image_rgb
 from boxdepth.depth.sensor import find_sensor_depth, is_depth_image_name, sensor_depth01
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 # Upper bound on decoded-but-not-yet-run images across all size buckets: with many
 # distinct processed sizes the fullest bucket is run early instead of growing memory.
 _MAX_PENDING_BATCHES = 4
@@ -61,7 +60,7 @@ def list_images(images_root: Path, exclude: tuple[Path, ...] = ()) -> list[str]:
         dirnames[:] = [d for d in dirnames if not d.startswith(".")
                        and not any(_inside(here / d, s) for s in skip)]
         for f in filenames:
-            if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_SUFFIXES:
+            if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_EXTENSIONS:
                 names.append((here / f).relative_to(root).as_posix())
     return sorted(names)
 
@@ -213,7 +212,7 @@ def _image_names(images_root: Path, out_root: Path, coco_json, sensor_root) -> l
     if sensor_root is not None and sensor_root.resolve() == images_root.resolve():
         names = [n for n in names if not is_depth_image_name(n)]
     if not names:
-        raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {images_root}")
+        raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {images_root}")
     return names
 
 

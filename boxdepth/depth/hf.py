@@ -30,6 +30,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from boxdepth.engine.dist import resolve_device
+
 INSTALL_HINT = "pip install boxdepth[depth]"
 NO_DOWNLOAD_HINT = "boxdepth never downloads; put a saved model there with save_pretrained"
 
@@ -58,19 +60,6 @@ def import_transformers():
             f"depth generation with a model needs Hugging Face transformers ({e}); "
             f"install it with: {INSTALL_HINT}") from None
     return transformers
-
-
-def resolve_device(device: str) -> torch.device:
-    """'auto' -> cuda when available else cpu; anything else must be usable here."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as e:
-        raise ValueError(f"invalid device {device!r}: {e}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but CUDA is not available")
-    return dev
 
 
 def depth_output_kind(config, where: str) -> str:

@@ -22,6 +22,7 @@ from torch import nn
 from boxdepth.distill.matcher import DepthAwareHungarianMatcher
 from boxdepth.distill.teacher import teacher_predictions
 from boxdepth.losses.boxinst import boxes_to_stride_masks
+from boxdepth.losses.criterion import proposal_gt_index
 from boxdepth.losses.depth import depth_similarity
 from boxdepth.losses.distill import pseudo_targets_for_proposals, reliable_dice_loss
 
@@ -69,22 +70,21 @@ class SelfDistiller(nn.Module):
         props = outputs["proposals"]
         t_masks, s_match, has = pseudo_targets_for_proposals(
             props["im_inds"], props["gt_inds"], matches, [p["masks"] for p in preds])
-        counts = torch.tensor([len(t["boxes"]) for t in batch["targets"]], device=props["im_inds"].device)
-        flat_gt = (torch.cumsum(counts, 0) - counts)[props["im_inds"]] + props["gt_inds"]
         boxes = torch.cat([t["boxes"] for t in batch["targets"]])
-        box_masks = boxes_to_stride_masks(boxes, batch["images"].shape[-2:], self.stride)[flat_gt]
+        box_masks = boxes_to_stride_masks(boxes, batch["images"].shape[-2:], self.stride)[
+            proposal_gt_index(props, batch["targets"])]
         loss, stats = reliable_dice_loss(props["mask_logits"].float().sigmoid(), t_masks, box_masks,
                                          s_match, tau_m=self.tau_m, weight=self.dice_weight,
                                          has_match=has)
-        return {"loss_distill": loss}, self.match_stats(matches, counts, stats)
+        return {"loss_distill": loss}, self.match_stats(matches, len(boxes), stats)
 
-    def match_stats(self, matches: list[dict], gt_counts: torch.Tensor, loss_stats: dict) -> dict:
+    def match_stats(self, matches: list[dict], num_gt: int, loss_stats: dict) -> dict:
         """Per-GT counts (GT boxes, matched, reliable) and mean S_match / S_dcons of the batch;
         the loss's own per-proposal counts are kept with a `_proposals` suffix."""
         s_match = torch.cat([m["s_match"].float().cpu() for m in matches]) if matches else torch.zeros(0)
         s_dcons = torch.cat([m["s_dcons"].float().cpu() for m in matches]) if matches else torch.zeros(0)
         s_dcons = s_dcons[torch.isfinite(s_dcons)]
-        return {"distill_gt": float(gt_counts.sum()), "distill_matched": float(len(s_match)),
+        return {"distill_gt": float(num_gt), "distill_matched": float(len(s_match)),
                 "distill_reliable": float((s_match > self.tau_m).sum()),
                 "distill_s_match": float(s_match.mean()) if len(s_match) else math.nan,
                 "distill_s_dcons": float(s_dcons.mean()) if len(s_dcons) else math.nan,

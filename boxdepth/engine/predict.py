@@ -35,16 +35,16 @@ from PIL import Image
 from tqdm import tqdm
 
 from boxdepth.data.depth_io import save_depth_png
-from boxdepth.data.image_io import BadImageError, load_image_rgb
+from boxdepth.data.image_io import IMAGE_EXTENSIONS, BadImageError, load_image_rgb
 from boxdepth.data.results import instances_to_coco_results, write_coco_results
 from boxdepth.data.transforms import TestTransform, collate_batch
+from boxdepth.engine.dist import resolve_device
 from boxdepth.fileio import atomic_write_json
 from boxdepth.models.condinst import SIZE_DIVISIBILITY, postprocess_detections
 from boxdepth.viz import overlay_instances, save_png
 
 log = logging.getLogger("boxdepth")
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
 def _is_image_name(p: Path) -> bool:
@@ -120,18 +120,6 @@ def check_image_headers(paths: Sequence[Path]) -> None:
             raise FileNotFoundError(f"image file not found: {p}") from None
         except Exception as e:  # Pillow raises many types for non-images
             raise BadImageError(f"cannot read image {p}: {type(e).__name__}: {e}") from None
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, ValueError):
-        raise ValueError(f"unknown device {device!r} (use auto, cpu, cuda or cuda:N)") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device} requested but CUDA is not available")
-    return dev
 
 
 def checkpoint_config(weights: str | Path, overrides: Sequence[str]):

@@ -24,6 +24,13 @@ from boxdepth.losses.fcos import fcos_losses_from_outputs
 from boxdepth.ops.pairwise import box_windows, color_similarity, gather_windows, rgb_to_lab
 
 
+def proposal_gt_index(props: dict, targets: list[dict]) -> torch.Tensor:
+    """Index of each proposal's GT in the concatenation of all images' boxes (N,)."""
+    counts = torch.tensor([len(t["boxes"]) for t in targets], device=props["im_inds"].device)
+    offsets = torch.cumsum(counts, 0) - counts
+    return offsets[props["im_inds"]] + props["gt_inds"]
+
+
 class CondInstCriterion(nn.Module):
     def __init__(self, *, num_classes: int, mode: str = "box", focal_alpha: float = 0.25,
                  focal_gamma: float = 2.0, mask_out_stride: int = 4,
@@ -57,7 +64,7 @@ class CondInstCriterion(nn.Module):
         logits = props["mask_logits"].float()
         # keeps the mask branch in the graph when a batch has no proposal (DDP needs every grad)
         anchor = outputs["mask_feats"].float().sum() * 0
-        flat_gt = self._flat_gt_index(props, batch["targets"])
+        flat_gt = proposal_gt_index(props, batch["targets"])
         hp, wp = batch["images"].shape[-2:]
         if self.mode == "mask":
             gt = torch.cat([t["masks"] for t in batch["targets"]])[flat_gt]
@@ -87,13 +94,6 @@ class CondInstCriterion(nn.Module):
             losses.update(self._depth_losses(props, batch, box_masks, valid, neg_log_same, warm,
                                              win, box_win))
         return losses
-
-    @staticmethod
-    def _flat_gt_index(props: dict, targets: list[dict]) -> torch.Tensor:
-        """Index of each proposal's GT in the concatenation of all images' boxes."""
-        counts = torch.tensor([len(t["boxes"]) for t in targets], device=props["im_inds"].device)
-        offsets = torch.cumsum(counts, 0) - counts
-        return offsets[props["im_inds"]] + props["gt_inds"]
 
     def _depth_losses(self, props, batch, box_masks, valid, neg_log_same, warm, win,
                       box_win) -> dict:
