@@ -249,8 +249,23 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def parse_cli(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse argv; `key=value` overrides may also follow options (`train CFG --out D k=v`),
+    which argparse alone refuses once an option has ended the positional run."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        takes_overrides = isinstance(getattr(args, "overrides", None), list) and \
+            args.command in ("train", "eval")
+        stray = [e for e in extra if not (takes_overrides and "=" in e and not e.startswith("-"))]
+        if stray:
+            parser.error(f"unrecognized arguments: {' '.join(stray)}")
+        args.overrides = [*args.overrides, *extra]
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_cli(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from boxdepth.config import ConfigError
 

@@ -126,6 +126,23 @@ def test_unknown_config_key_is_a_clear_error(capsys, tmp_path):
     assert "solver.max_iters" in err and "solver.max_iter" in err
 
 
+def test_overrides_may_follow_options(capsys, tmp_path):
+    """`boxdepth train CFG --out D key=value` is how people type it; argparse alone refuses it."""
+    from boxdepth.cli import parse_cli
+
+    args = parse_cli(["train", "synth_boxinst", "seed=1", "--out", str(tmp_path), "--quiet",
+                      "solver.max_iter=3", "loss.depth_consistency.kappa=0.1"])
+    assert args.overrides == ["seed=1", "solver.max_iter=3", "loss.depth_consistency.kappa=0.1"]
+    assert args.quiet and args.out == tmp_path
+    assert main(["train", "synth_boxinst", "--out", str(tmp_path), "solver.max_iters=3"]) == 2
+    assert "solver.max_iter" in capsys.readouterr().err  # the stray key reached the config check
+    for argv in (["train", "synth_boxinst", "--out", str(tmp_path), "--bogus"],
+                 ["synth", "--out", str(tmp_path), "seed=1"]):
+        with pytest.raises(SystemExit):
+            parse_cli(argv)
+        assert "unrecognized arguments" in capsys.readouterr().err
+
+
 def test_train_eval_predict_smoke(tmp_path, capsys):
     """CPU smoke test of the verbs: train a few iterations, evaluate the checkpoint with a
     config, predict on real RGB-D photos."""
