@@ -238,10 +238,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("demo", help="the main job on the embedded synthetic dataset")
     s.add_argument("--out", type=Path, default=Path("runs/demo"), help="run folder (default runs/demo)")
-    s.add_argument("--seeds", type=int, default=1, help="repeat every variant with seeds 0..N-1")
+    from boxdepth.demo import DEFAULT_SEEDS, DEFAULT_VARIANTS
+
+    s.add_argument("--seeds", type=int, default=DEFAULT_SEEDS,
+                   help=f"repeat every variant with seeds 0..N-1 (default {DEFAULT_SEEDS})")
     s.add_argument("--variants", nargs="+", default=None,
-                   help="variants to train (default: boxinst mask_supervised); also boxinst+cons, "
-                        "boxinst+dg, boxinst+cons+dg, distill_iou, distill_match")
+                   help=f"variants to train (default, in table order: {' '.join(DEFAULT_VARIANTS)})")
     s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override for every variant, e.g. --set solver.max_iter=200")
     s.add_argument("--quiet", action="store_true", help="no progress bars")

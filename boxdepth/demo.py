@@ -39,8 +39,10 @@ VARIANTS: dict[str, list[str]] = {
     "distill_match": [*_FULL, "distill.enabled=true", "distill.match=depth"],
     "mask_supervised": ["loss.mode=mask", "data.train_json={data}/train_masks.json"],
 }
-# what `boxdepth demo` runs without --variants
-DEFAULT_VARIANTS = ["boxinst", "mask_supervised"]
+# what `boxdepth demo` runs without --variants: Table 3a, then Table 3c, then the upper bound
+DEFAULT_VARIANTS = ["boxinst", "boxinst+cons", "boxinst+dg", "boxinst+cons+dg", "distill_iou",
+                    "distill_match", "mask_supervised"]
+DEFAULT_SEEDS = 2
 # rows computed from another variant's model: name -> (source variant, evaluation option)
 DERIVED = {"box_as_mask": "boxinst"}
 METRIC_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
@@ -108,7 +110,8 @@ def train_and_evaluate(name: str, data_dir: Path, out_dir: Path, seed: int, extr
     device = resolve_device(cfg.device)
     model, cfg, _ = load_trained_model(final, device, cfg)
     val = build_dataset(cfg, "val", is_train=False)
-    rows = [{"variant": name, "seed": seed,
+    timing = run_timing(run_dir, cfg.distill.start_iter if cfg.distill.enabled else None)
+    rows = [{"variant": name, "seed": seed, **timing,
              **evaluate_model(model, val, cfg.data.val_json, device, out_dir=run_dir, progress=progress)}]
     for derived, source in DERIVED.items():
         if source == name:
@@ -116,6 +119,31 @@ def train_and_evaluate(name: str, data_dir: Path, out_dir: Path, seed: int, extr
                 model, val, cfg.data.val_json, device, out_dir=run_dir, box_as_mask=True,
                 progress=progress, prefix=f"{derived}_")})
     return rows
+
+
+def run_timing(run_dir: Path, distill_start: int | None = None) -> dict:
+    """Training time of a run from its metrics.jsonl (mean step times per logged window):
+    {"train_seconds", "s_per_iter" (median window)}; with `distill_start` also the median
+    s/iter before and after the teacher appears and their ratio, measured in the same run
+    (machines drift between runs; a ratio within one run is the fair comparison)."""
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    logs = sorted({r["iter"]: r for r in map(json.loads, filter(str.strip, lines))}.values(),
+                  key=lambda r: r["iter"])  # a resumed run may log a window twice: keep the last
+    seconds, prev = 0.0, 0
+    for r in logs:
+        seconds += (r["time_data"] + r["time_step"]) * (r["iter"] - prev)
+        prev = r["iter"]
+    out = {"train_seconds": round(seconds, 1),
+           "s_per_iter": statistics.median(r["time_step"] for r in logs)}
+    if distill_start is not None:
+        # the window logged at iteration i covers iterations i - period .. i - 1 (0-based)
+        plain = [r["time_step"] for r in logs if r["iter"] <= distill_start]
+        distill = [r["time_step"] for r in logs if r["iter"] > distill_start]
+        if plain and distill:
+            out.update(s_per_iter_plain=statistics.median(plain),
+                       s_per_iter_distill=statistics.median(distill))
+            out["distill_cost_ratio"] = out["s_per_iter_distill"] / out["s_per_iter_plain"]
+    return out
 
 
 def write_depth_panels(out_dir: Path, data_dir: Path, variant: str, num_images: int = 3) -> None:
@@ -145,6 +173,11 @@ def summarize(rows: list[dict]) -> dict:
                 if vals:
                     entry[f"{kind}_{key}_mean"] = statistics.fmean(vals)
                     entry[f"{kind}_{key}_std"] = statistics.stdev(vals) if len(vals) > 1 else 0.0
+        for key in ("train_seconds", "s_per_iter_plain", "s_per_iter_distill", "distill_cost_ratio"):
+            vals = [r[key] for r in mine if key in r]
+            if vals:
+                entry[f"{key}_mean"] = statistics.fmean(vals)
+                entry[f"{key}_std"] = statistics.stdev(vals) if len(vals) > 1 else 0.0
         out[name] = entry
     return out
 
@@ -161,10 +194,16 @@ def format_table(summary: dict) -> str:
     lines = ["variant".ljust(width) + "".join(c.rjust(13) for c, _ in cols) + "   seeds"]
     for name, e in summary.items():
         lines.append(name.ljust(width) + "".join(cell(e, k).rjust(13) for _, k in cols) + f"   {e['n']}")
+    for name, e in summary.items():
+        if "distill_cost_ratio_mean" in e:
+            lines.append(f"{name}: a distillation iteration costs {e['distill_cost_ratio_mean']:.2f}x "
+                         f"a plain one ({e['s_per_iter_distill_mean']:.2f} vs "
+                         f"{e['s_per_iter_plain_mean']:.2f} s/iter, median of the run, mean of "
+                         f"{e['n']} seed(s))")
     return "\n".join(lines)
 
 
-def run_demo(out_dir: str | Path = "runs/demo", *, seeds: int = 1, variants: list[str] | None = None,
+def run_demo(out_dir: str | Path = "runs/demo", *, seeds: int = DEFAULT_SEEDS, variants: list[str] | None = None,
              extra: list[str] = (), progress: bool = True, data: dict | None = None) -> dict:
     """The whole demo; returns the results.json content."""
     from boxdepth.data.synthetic import format_summary

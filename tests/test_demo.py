@@ -16,7 +16,8 @@ def test_demo_writes_results_table_and_panel(tmp_path, monkeypatch, capsys):
     import boxdepth.demo as demo
     monkeypatch.setattr(demo, "DEMO_DATA", dict(n_train=6, n_val=3, size=(96, 64), seed=1,
                                                 camouflage=0.3, depth_error=1.0))
-    args = ["demo", "--out", str(tmp_path), "--quiet"]
+    args = ["demo", "--out", str(tmp_path), "--quiet", "--variants", "boxinst", "mask_supervised",
+            "--seeds", "1"]
     for o in TINY_DEMO:
         args += ["--set", o]
     assert main(args) == 0
@@ -74,3 +75,48 @@ def test_demo_depth_variant_trains_with_depth_and_writes_depth_panels(tmp_path, 
     assert "loss_cons" in row and "loss_depth" in row  # depth really used
     assert len(list((tmp_path / "depth_panels").glob("*_panel.png"))) == 2
     assert "±" in capsys.readouterr().out
+
+
+def test_demo_default_is_table_3a_then_3c_over_two_seeds():
+    import boxdepth.demo as demo
+    from boxdepth.cli import parse_cli
+
+    args = parse_cli(["demo"])
+    assert args.seeds == 2 and args.variants is None
+    assert demo.DEFAULT_VARIANTS == ["boxinst", "boxinst+cons", "boxinst+dg", "boxinst+cons+dg",
+                                     "distill_iou", "distill_match", "mask_supervised"]
+    assert set(demo.DEFAULT_VARIANTS) == set(demo.VARIANTS)
+
+
+def test_run_timing_splits_plain_and_distillation_windows(tmp_path):
+    from boxdepth.demo import run_timing
+
+    logs = [(10, 0.1, 1.0), (20, 0.1, 1.2), (30, 0.1, 1.1), (40, 0.2, 2.0), (50, 0.2, 2.4),
+            (40, 0.2, 2.2)]  # a resumed run logs window 40 again: the later line wins
+    (tmp_path / "metrics.jsonl").write_text("".join(
+        json.dumps({"iter": i, "time_data": d, "time_step": t}) + "\n" for i, d, t in logs))
+    t = run_timing(tmp_path, distill_start=30)
+    assert t["train_seconds"] == 10 * (1.1 + 1.3 + 1.2 + 2.4 + 2.6)
+    assert t["s_per_iter_plain"] == 1.1 and t["s_per_iter_distill"] == 2.3
+    assert abs(t["distill_cost_ratio"] - 2.3 / 1.1) < 1e-12
+    assert "distill_cost_ratio" not in run_timing(tmp_path)
+
+
+def test_demo_distillation_rows_report_their_extra_cost(tmp_path, monkeypatch, capsys):
+    import boxdepth.demo as demo
+    monkeypatch.setattr(demo, "DEMO_DATA", dict(n_train=4, n_val=2, size=(96, 64), seed=3,
+                                                camouflage=0.3, depth_error=1.0))
+    args = ["demo", "--out", str(tmp_path), "--quiet", "--variants", "distill_match", "--seeds", "1"]
+    for o in TINY_DEMO + ["log.period=1", "solver.max_iter=3", "distill.start_iter=1",
+                          "distill.teacher_size=64", "distill.teacher_max_size=128"]:
+        args += ["--set", o]
+    assert main(args) == 0
+    res = json.loads((tmp_path / "results.json").read_text())
+    row = res["rows"][0]
+    from boxdepth.engine.logging import read_metrics
+    logged = read_metrics(tmp_path / "distill_match_seed0" / "metrics.jsonl")
+    assert [r["iter"] for r in logged] == [1, 2, 3] and "distill_gt" in logged[-1]
+    assert row["s_per_iter_plain"] == logged[0]["time_step"]
+    assert row["s_per_iter_distill"] == (logged[1]["time_step"] + logged[2]["time_step"]) / 2
+    assert res["summary"]["distill_match"]["distill_cost_ratio_mean"] == row["distill_cost_ratio"]
+    assert "a distillation iteration costs" in capsys.readouterr().out
