@@ -126,7 +126,8 @@ def cmd_viz(args: argparse.Namespace) -> int:
     from boxdepth.viz_panels import format_viz_summary, run_viz
 
     summary = run_viz(args.inputs, args.out, depth_root=args.depth, images_root=args.images_root,
-                      weights=args.weights, device=args.device, score_thresh=args.score_thresh,
+                      weights=args.weights, gt=args.gt, device=args.device,
+                      score_thresh=args.score_thresh,
                       max_images=args.max_images, kappa=args.kappa, tau=args.tau,
                       short_side=args.short_side, affinity=args.affinity, progress=not args.quiet)
     print(format_viz_summary(summary))
@@ -217,13 +218,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_depth)
 
     s = sub.add_parser("viz", help="panels: image | pseudo depth | colour and depth affinity | "
-                                   "predicted masks | predicted instance depth")
+                                   "predicted masks | predicted instance depth | pseudo masks")
     s.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
     s.add_argument("--out", required=True, type=Path, help="output folder")
     s.add_argument("--depth", type=Path, default=None, help="pseudo-depth root")
     s.add_argument("--images-root", type=Path, default=None,
                    help="root the depth tree mirrors (default: the inputs' common folder)")
     s.add_argument("--weights", type=Path, default=None, help="checkpoint: adds the prediction tiles")
+    s.add_argument("--gt", type=Path, default=None, metavar="GT.json",
+                   help="COCO json with boxes: with --weights, adds the distillation pseudo-mask "
+                        "tile (file_names relative to the images root)")
     s.add_argument("--device", default="auto")
     s.add_argument("--score-thresh", type=float, default=0.3)
     s.add_argument("--max-images", type=int, default=8)

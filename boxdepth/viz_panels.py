@@ -2,8 +2,13 @@
 
 Row of tiles per image, written to ``<out_dir>/<name>_panel.png`` (`name` as in
 `boxdepth predict`: the file stem, made unique):
-    image | pseudo depth | colour affinity | depth affinity [| predicted masks | instance depth]
-The last two need `weights`. A missing depth file gives a "no depth" tile (and a warning);
+    image | pseudo depth | colour affinity | depth affinity [| predicted masks | instance depth
+          [| pseudo masks]]
+The prediction tiles need `weights`; the pseudo-mask tile needs `weights` and `gt`, a COCO
+json with the images' boxes (e.g. train.json): the self-distillation pseudo masks that
+training would make for each GT box with this model as the teacher (viz_pseudo.py). Images
+are looked up in `gt` by their path relative to `images_root` (COCO file_name); one that is
+not there gets a note tile. A missing depth file gives a "no depth" tile (and a warning);
 the colour affinity never needs depth.
 
 Affinity maps are computed as the pairwise losses compute them (SPEC §2,
@@ -175,9 +180,10 @@ class _Predictor:
         from boxdepth.data.transforms import TestTransform
         from boxdepth.engine.inference import load_trained_model
 
-        self.model, cfg, meta = load_trained_model(weights, device)
+        self.model, self.cfg, meta = load_trained_model(weights, device)
+        self.weights_loaded = meta["weights_loaded"]
         self.device = device
-        self.transform = TestTransform(cfg.input.min_size_test, cfg.input.max_size_test)
+        self.transform = TestTransform(self.cfg.input.min_size_test, self.cfg.input.max_size_test)
         n = int(self.model.num_classes)
         names = meta.get("class_names") or [f"class_{i}" for i in range(n)]
         self.class_names = [str(c) for c in names]
@@ -294,13 +300,15 @@ def panel_row(image: np.ndarray, d01, *, kernel_size=3, dilation=2, kappa=0.5, t
 
 
 def run_viz(inputs: list[str], out_dir, *, depth_root=None, images_root=None, weights=None,
-            device="auto", score_thresh=0.3, max_images=8, kernel_size=3, dilation=2,
+            gt=None, device="auto", score_thresh=0.3, max_images=8, kernel_size=3, dilation=2,
             kappa=0.5, tau=0.5, color_thresh=0.3, short_side=None, affinity="active",
             progress=True) -> dict:
     """Write `<out_dir>/<name>_panel.png` for the first `max_images` inputs (module
     docstring). Returns {"images" (drawn), "images_found", "panels" (paths),
     "missing_depth" (image paths), "out_dir", "images_root", "depth_root", "weights",
-    "device" (None without weights), "tiles" (titles of the last row)}."""
+    "device" (None without weights), "tiles" (titles of the last row), "gt", "pseudo_masks"
+    ({"image", "gt", "matched", "reliable", "s_match"} per image drawn with `gt`),
+    "not_in_gt" (image paths)}."""
     from boxdepth.engine.predict import check_image_headers, collect_images, output_names, resolve_device
 
     if not 0.0 <= float(score_thresh) <= 1.0:
@@ -309,6 +317,9 @@ def run_viz(inputs: list[str], out_dir, *, depth_root=None, images_root=None, we
         raise ValueError(f"affinity view must be one of {AFFINITY_VIEWS}, got {affinity!r}")
     if max_images is not None and int(max_images) < 1:
         raise ValueError(f"max_images must be at least 1, got {max_images}")
+    if gt is not None and weights is None:
+        raise ValueError(f"viz: the pseudo masks of {gt} are made by a model: pass its "
+                         f"checkpoint too (--weights CKPT)")
     out_dir = Path(out_dir)
     paths = drop_sensor_depth_files(collect_images(inputs, exclude=out_dir))
     found = len(paths)
@@ -323,6 +334,11 @@ def run_viz(inputs: list[str], out_dir, *, depth_root=None, images_root=None, we
         raise FileNotFoundError(f"depth root {depth_root} is not a folder")
     dev = resolve_device(device) if weights is not None else None
     predictor = _Predictor(weights, dev) if weights is not None else None
+    gt_masks = None
+    if gt is not None:
+        from boxdepth.viz_pseudo import GtPseudoMasks
+        gt_masks = GtPseudoMasks(gt, predictor.model, predictor.cfg, dev,
+                                 predictor.weights_loaded)
     panels, missing, titles = [], [], []
     for path, rel, name in tqdm(list(zip(paths, rels, output_names(paths))), desc="viz",
                                 disable=not progress, dynamic_ncols=True):
@@ -336,12 +352,18 @@ def run_viz(inputs: list[str], out_dir, *, depth_root=None, images_root=None, we
         if predictor is not None:
             t, n = predictor.tiles(image, float(score_thresh))
             tiles, titles = tiles + t, titles + n
+        if gt_masks is not None:
+            tile, title = gt_masks.tile(image, d01, rel, path)
+            tiles, titles = tiles + [tile], titles + [title]
         panels.append(str(write_panel(out_dir / f"{name}_panel.png", tiles, titles)))
     return {"images": len(paths), "images_found": found, "panels": panels,
             "missing_depth": missing, "out_dir": str(out_dir), "images_root": str(root),
             "depth_root": None if depth_root is None else str(depth_root),
             "weights": None if weights is None else str(weights),
-            "device": None if dev is None else str(dev), "tiles": titles}
+            "device": None if dev is None else str(dev), "tiles": titles,
+            "gt": None if gt is None else str(gt),
+            "pseudo_masks": gt_masks.drawn if gt_masks else [],
+            "not_in_gt": gt_masks.not_in_gt if gt_masks else []}
 
 
 def panel_font_size(tile_width: int) -> int:
@@ -367,4 +389,11 @@ def format_viz_summary(summary: dict) -> str:
     if summary["missing_depth"]:
         lines.append(f"  {len(summary['missing_depth'])} image(s) without depth under "
                      f"{summary['depth_root']} (images root {summary['images_root']})")
+    if summary.get("pseudo_masks"):
+        n = {k: sum(p[k] for p in summary["pseudo_masks"]) for k in ("gt", "matched", "reliable")}
+        lines.append(f"  pseudo masks: {n['reliable']} reliable / {n['matched']} matched / "
+                     f"{n['gt']} GT boxes in {len(summary['pseudo_masks'])} image(s)")
+    if summary.get("not_in_gt"):
+        lines.append(f"  {len(summary['not_in_gt'])} image(s) not in {summary['gt']} (file_names "
+                     f"are looked up relative to the images root {summary['images_root']})")
     return "\n".join(lines)

@@ -77,7 +77,8 @@ def load_trained_model(weights: str | Path, device: torch.device | str = "cpu",
                        cfg=None) -> tuple[torch.nn.Module, "Config", dict]:
     """Build the network from a checkpoint (its saved config unless `cfg` is given) and load
     its weights (the EMA teacher's when the checkpoint has one and eval.model=teacher);
-    returns (model in eval mode, config, meta with cat_ids/class_names)."""
+    returns (model in eval mode, config, meta with cat_ids/class_names and weights_loaded:
+    "teacher" | "student" | "student, no teacher")."""
     from boxdepth.config import Config, load_config
     from boxdepth.engine.checkpoint import load_checkpoint
     from boxdepth.models.build import build_model
@@ -99,7 +100,9 @@ def load_trained_model(weights: str | Path, device: torch.device | str = "cpu",
         model.load_state_dict(ckpt["teacher"] if use_teacher else ckpt["model"])
     except RuntimeError as e:
         raise ValueError(f"{weights} does not fit the model of this config: {e}") from None
-    meta = ckpt.get("meta") or {}
+    meta = dict(ckpt.get("meta") or {})
+    meta["weights_loaded"] = ("teacher" if use_teacher else
+                              "student" if ckpt.get("teacher") is not None else "student, no teacher")
     return model.to(device).eval(), cfg, meta
 
 
