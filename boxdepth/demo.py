@@ -148,13 +148,15 @@ def run_timing(run_dir: Path, distill_start: int | None = None) -> dict:
 
 def write_depth_panels(out_dir: Path, data_dir: Path, variant: str, num_images: int = 3) -> None:
     """`boxdepth viz` panels (image | pseudo depth | colour / depth affinity | masks | instance
-    depth) of a few val images with the model of a depth variant, in <out>/depth_panels/."""
+    depth [| pseudo masks of the val boxes, for a distillation variant]) of a few val images
+    with the model of a depth variant, in <out>/depth_panels/."""
     from boxdepth.viz_panels import run_viz
 
     cfg = variant_config(variant, data_dir, 0)
     summary = run_viz([str(data_dir / "images" / "val")], out_dir / "depth_panels",
                       depth_root=data_dir / "depth", images_root=data_dir / "images",
-                      weights=out_dir / f"{variant}_seed0" / "model_final.pth", device="cpu",
+                      weights=out_dir / f"{variant}_seed0" / "model_final.pth",
+                      gt=data_dir / "val.json" if cfg.distill.enabled else None, device="cpu",
                       score_thresh=0.5, max_images=num_images,
                       kappa=cfg.loss.depth_consistency.kappa, tau=cfg.loss.depth_consistency.tau,
                       progress=False)

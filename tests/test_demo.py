@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 
+from PIL import Image
+
 from boxdepth.cli import main
 from tests.conftest import TINY_MODEL
 
@@ -120,3 +122,5 @@ def test_demo_distillation_rows_report_their_extra_cost(tmp_path, monkeypatch, c
     assert row["s_per_iter_distill"] == (logged[1]["time_step"] + logged[2]["time_step"]) / 2
     assert res["summary"]["distill_match"]["distill_cost_ratio_mean"] == row["distill_cost_ratio"]
     assert "a distillation iteration costs" in capsys.readouterr().out
+    panel = Image.open(next((tmp_path / "depth_panels").glob("*_panel.png")))
+    assert panel.width >= 7 * 96  # image, depth, 2 affinities, masks, instance depth, pseudo masks
