@@ -56,12 +56,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     if dist.is_main_process():
         print(f"wrote {final}")
     if cfg.data.val_json and not args.no_eval:
-        _evaluate_checkpoint(final, cfg, args.out, quiet=args.quiet)
+        _evaluate_checkpoint(final, cfg, Path(args.out) / "metrics.json", quiet=args.quiet)
     dist.cleanup()
     return 0
 
 
-def _evaluate_checkpoint(weights: Path, cfg, out_dir: Path, quiet: bool = False) -> dict:
+def _evaluate_checkpoint(weights: Path, cfg, metrics_path: Path, quiet: bool = False) -> dict:
     from boxdepth.data.build import build_dataset
     from boxdepth.engine import dist
     from boxdepth.engine.evaluate import format_metrics_table
@@ -70,11 +70,11 @@ def _evaluate_checkpoint(weights: Path, cfg, out_dir: Path, quiet: bool = False)
     device = dist.init_distributed(cfg.device)
     model, cfg, _ = load_trained_model(weights, device, cfg)
     dataset = build_dataset(cfg, "val", is_train=False)
-    metrics = evaluate_model(model, dataset, cfg.data.val_json, device, out_dir=out_dir,
+    metrics = evaluate_model(model, dataset, cfg.data.val_json, device, metrics_path=metrics_path,
                              progress=not quiet)
     if dist.is_main_process():
         print(format_metrics_table(metrics))
-        print(f"wrote {Path(out_dir) / 'metrics.json'}")
+        print(f"wrote {metrics_path}")
     return metrics
 
 
@@ -86,8 +86,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
             raise ValueError("boxdepth eval CONFIG needs --weights CKPT")
         from boxdepth.config import load_config
         cfg = load_config(args.config, args.overrides)
-        out_dir = args.out.parent if args.out else Path(args.weights).parent
-        _evaluate_checkpoint(Path(args.weights), cfg, out_dir)
+        # default: beside the checkpoint, as training's own evaluation writes them
+        _evaluate_checkpoint(Path(args.weights), cfg, args.out or Path(args.weights).parent / "metrics.json")
         return 0
     if not (args.gt and args.results):
         raise ValueError("give either CONFIG --weights CKPT, or --gt GT.json --results DETS.json")
@@ -186,7 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--weights", type=Path, help="checkpoint (with CONFIG)")
     s.add_argument("--gt", type=Path, help="ground-truth COCO json (with masks for segm AP)")
     s.add_argument("--results", type=Path, help="COCO results json")
-    s.add_argument("--out", type=Path, default=None, help="write metrics.json here")
+    s.add_argument("--out", type=Path, default=None,
+                   help="metrics file to write (with CONFIG: default <checkpoint folder>/metrics.json, "
+                        "detections beside it)")
     s.set_defaults(func=cmd_eval)
 
     s = sub.add_parser("predict", help="run a checkpoint on images: COCO results, overlays, masks")

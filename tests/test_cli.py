@@ -166,6 +166,15 @@ def test_train_eval_predict_smoke(tmp_path, capsys):
     for kind in ("bbox", "segm"):
         assert set(again[kind]) == {"AP", "AP50", "AP75", "APs", "APm", "APl"}
         assert again[kind] == trained[kind]  # same weights, same numbers
+    # --out names the metrics file; the run's own files are left alone
+    before = {p.name: p.read_bytes() for p in run.glob("*.json")}
+    other = tmp_path / "elsewhere" / "student.json"
+    other.parent.mkdir()
+    assert main(["eval", "synth_boxinst", *common, "eval.model=student", "--weights",
+                 str(run / "model_final.pth"), "--out", str(other)]) == 0
+    assert json.loads(other.read_text()) == trained
+    assert isinstance(json.loads((other.parent / "student_results.json").read_text()), list)
+    assert {p.name: p.read_bytes() for p in run.glob("*.json")} == before
     photos = SHARED_DATA / "tabletop-rgbd"
     inputs = [str(photos / "*-color.png")] if photos.exists() else [str(data / "images" / "val")]
     out = tmp_path / "pred"

@@ -61,15 +61,25 @@ def inference_on_dataset(model: torch.nn.Module, dataset, device: torch.device, 
 
 def evaluate_model(model: torch.nn.Module, dataset, gt_json: str | Path, device: torch.device, *,
                    out_dir: str | Path | None = None, box_as_mask: bool = False,
-                   progress: bool = True, prefix: str = "") -> dict:
+                   progress: bool = True, prefix: str = "",
+                   metrics_path: str | Path | None = None) -> dict:
     """Run, score and (rank 0, when out_dir is given) write `<prefix>results.json` and
-    `<prefix>metrics.json`. Returns {"bbox": {...}, "segm": {...}}."""
+    `<prefix>metrics.json`; `metrics_path` instead names the metrics file, the detections
+    going beside it (`results.json` next to a `metrics.json`, else `<stem>_results.json`).
+    Returns {"bbox": {...}, "segm": {...}}."""
     results = inference_on_dataset(model, dataset, device, box_as_mask=box_as_mask,
                                    progress=progress)
     metrics = evaluate_coco(gt_json, results)
-    if out_dir is not None and dist.is_main_process():
-        write_coco_results(Path(out_dir) / f"{prefix}results.json", results)
-        write_metrics(Path(out_dir) / f"{prefix}metrics.json", metrics)
+    if metrics_path is not None:
+        m = Path(metrics_path)
+        paths = (m.with_name("results.json" if m.name == "metrics.json" else f"{m.stem}_results.json"), m)
+    elif out_dir is not None:
+        paths = (Path(out_dir) / f"{prefix}results.json", Path(out_dir) / f"{prefix}metrics.json")
+    else:
+        paths = None
+    if paths is not None and dist.is_main_process():
+        write_coco_results(paths[0], results)
+        write_metrics(paths[1], metrics)
     return metrics
 
 
