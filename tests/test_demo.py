@@ -57,7 +57,10 @@ def test_demo_refuses_to_mix_budgets(tmp_path, monkeypatch, capsys):
         args += ["--set", o]
     assert main(args) == 0
     assert main(args + ["--set", "solver.max_iter=3"]) == 2
-    assert "other settings" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "other settings" in err and "solver.max_iter: 2 there, 3 now" in err
+    # settings a run never read (distillation, switched off) do not force a new run
+    assert main(args + ["--set", "distill.ema_decay=0.5"]) == 0
 
 
 def test_demo_depth_variant_trains_with_depth_and_writes_depth_panels(tmp_path, monkeypatch, capsys):
