@@ -39,6 +39,14 @@ def _samples(data_dir: Path, *extra: str):
     return cfg, [ds[0], ds[1]]
 
 
+def _shutdown() -> None:
+    """Both ranks reach here before either tears gloo down: a rank that destroys the group
+    while its peer still uses the connection gets its gloo thread killed by std::terminate
+    ("terminate called without an active exception", SIGABRT; seen once in CI)."""
+    tdist.barrier()
+    tdist.destroy_process_group()
+
+
 def _ddp_worker(rank: int, world: int, init_file: str, data_dir: str, out: str) -> None:
     tdist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     torch.set_num_threads(1)
@@ -47,7 +55,7 @@ def _ddp_worker(rank: int, world: int, init_file: str, data_dir: str, out: str) 
     delta = _one_step(cfg, [samples[rank]], ddp=True)
     if rank == 0:
         torch.save(delta, out)
-    tdist.destroy_process_group()
+    _shutdown()
 
 
 def test_ddp_step_matches_single_process_step(tiny_synth, tmp_path):
@@ -105,7 +113,8 @@ def _teacher_worker(rank: int, world: int, init_file: str, data_dir: str, out: s
     tdist.all_gather(gathered, flat)
     if rank == 0:
         torch.save(torch.stack(gathered), out)
-    tdist.destroy_process_group()
+    del net  # DDP's reducer holds the process group: release it before tearing the group down
+    _shutdown()
 
 
 def test_ddp_teachers_stay_identical(tiny_synth, tmp_path):

@@ -97,5 +97,8 @@ def broadcast_object(obj):
 
 
 def cleanup() -> None:
+    """Tear the process group down once every rank got here: a gloo rank destroying it while
+    a peer still talks aborts that peer (std::terminate)."""
     if is_dist():
+        dist.barrier()
         dist.destroy_process_group()
