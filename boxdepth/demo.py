@@ -112,7 +112,7 @@ def train_and_evaluate(name: str, data_dir: Path, out_dir: Path, seed: int, extr
     """Train one variant (resuming if interrupted) and return its result rows."""
     from boxdepth.data.build import build_dataset
     from boxdepth.engine.inference import evaluate_model, load_trained_model
-    from boxdepth.engine.predict import resolve_device
+    from boxdepth.engine.dist import resolve_device
     from boxdepth.engine.trainer import train
 
     cfg = variant_config(name, data_dir, seed, extra)
@@ -141,8 +141,9 @@ def run_timing(run_dir: Path, distill_start: int | None = None) -> dict:
     {"train_seconds", "s_per_iter" (median window)}; with `distill_start` also the median
     s/iter before and after the teacher appears and their ratio, measured in the same run
     (machines drift between runs; a ratio within one run is the fair comparison)."""
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    logs = sorted({r["iter"]: r for r in map(json.loads, filter(str.strip, lines))}.values(),
+    from boxdepth.engine.logging import read_metrics
+
+    logs = sorted({r["iter"]: r for r in read_metrics(run_dir / "metrics.jsonl")}.values(),
                   key=lambda r: r["iter"])  # a resumed run may log a window twice: keep the last
     seconds, prev = 0.0, 0
     for r in logs:

@@ -309,7 +309,8 @@ def run_viz(inputs: list[str], out_dir, *, depth_root=None, images_root=None, we
     "device" (None without weights), "tiles" (titles of the last row), "gt", "pseudo_masks"
     ({"image", "gt", "matched", "reliable", "s_match"} per image drawn with `gt`),
     "not_in_gt" (image paths)}."""
-    from boxdepth.engine.predict import check_image_headers, collect_images, output_names, resolve_device
+    from boxdepth.engine.dist import resolve_device
+    from boxdepth.engine.predict import check_image_headers, collect_images, output_names
 
     if not 0.0 <= float(score_thresh) <= 1.0:
         raise ValueError(f"score_thresh must be in [0, 1], got {score_thresh}")

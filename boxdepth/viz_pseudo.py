@@ -22,7 +22,7 @@ One image, no flip, the steps of `SelfDistiller.forward`: the image (+ depth) an
 boxes go through TestTransform(input.min_size_test, input.max_size_test) and
 collate_batch into a one-image student batch; `teacher_predictions` runs `model` at
 distill.teacher_size and maps its top predictions onto that canvas; the SelfDistiller
-that `build_distiller` makes from `cfg` (distill.enabled forced on) matches GT boxes x
+that `build_distiller` makes from `cfg` matches GT boxes x
 predictions, depth-aware when the image has depth, by IoU alone otherwise. A matched
 GT's pseudo mask is (teacher mask > 0.5) x its box mask at the mask stride s, as the
 reliable dice loss takes it (losses/distill.py); each stride cell is shown as the s x s
@@ -39,13 +39,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from boxdepth.config import Config
 from boxdepth.data.coco_records import parse_coco, read_coco_json
 from boxdepth.data.transforms import TestTransform, collate_batch
 from boxdepth.distill.teacher import teacher_predictions
 from boxdepth.engine.trainer import batch_to_device, build_distiller
 from boxdepth.losses.boxinst import boxes_to_stride_masks
-from boxdepth.losses.distill import PSEUDO_MASK_THRESHOLD
+from boxdepth.losses.distill import pseudo_masks_in_boxes
 from boxdepth.viz import overlay_instances
 
 RELIABLE_COLOR = (40, 200, 40)
@@ -91,19 +90,13 @@ def stride_cells_to_image(cells: np.ndarray, stride: int, size_hw, orig_hw) -> n
     return cells[:, rows][:, :, cols]
 
 
-def _distiller(cfg):
-    forced = Config(cfg.to_dict())
-    forced.distill.enabled = True  # build_distiller makes none when distillation is off
-    return build_distiller(forced)
-
-
 @torch.no_grad()
 def pseudo_masks(model, cfg, image: np.ndarray, d01, gt_boxes, device) -> dict:
     """The pseudo mask and S_match of each GT box (module docstring)."""
     if d01 is not None and np.shape(d01) != image.shape[:2]:
         raise ValueError(f"pseudo_masks: depth of shape {np.shape(d01)} does not match the "
                          f"image {image.shape[:2]}")
-    distiller = _distiller(cfg)
+    distiller = build_distiller(cfg)
     batch = batch_to_device(student_batch(
         image, d01, gt_boxes, min_size=cfg.input.min_size_test, max_size=cfg.input.max_size_test,
         size_divisibility=cfg.input.size_divisibility), device)
@@ -119,9 +112,8 @@ def pseudo_masks(model, cfg, image: np.ndarray, d01, gt_boxes, device) -> dict:
         match = distiller.match(preds, batch)[0]
         gi, pi = match["gt_inds"].cpu(), match["pred_inds"].cpu()
         box_masks = boxes_to_stride_masks(batch["targets"][0]["boxes"].cpu().float(),
-                                          batch["images"].shape[-2:], s)[:, 0] > 0
-        teacher = preds[0]["masks"].cpu()[pi] > PSEUDO_MASK_THRESHOLD
-        cells[gi.numpy()] = (teacher & box_masks[gi]).numpy()
+                                          batch["images"].shape[-2:], s)[:, 0]
+        cells[gi.numpy()] = pseudo_masks_in_boxes(preds[0]["masks"].cpu()[pi], box_masks[gi]).numpy()
         s_match[gi.numpy()] = match["s_match"].cpu().double().numpy()
     size = batch["targets"][0]["size"]
     return {"masks": stride_cells_to_image(cells, s, size, image.shape[:2]),

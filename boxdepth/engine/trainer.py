@@ -152,9 +152,8 @@ def train_step(model, criterion, optimizer, scheduler, scaler, batch: dict, iter
     return logged
 
 
-def build_distiller(cfg: Config) -> SelfDistiller | None:
-    if not cfg.distill.enabled:
-        return None
+def build_distiller(cfg: Config) -> SelfDistiller:
+    """The SelfDistiller of `cfg` (whether or not `distill.enabled` asks training for one)."""
     d, b = cfg.distill, cfg.loss.boxinst
     return SelfDistiller(teacher_size=d.teacher_size, teacher_max_size=d.teacher_max_size,
                          match=d.match, alpha=d.alpha, beta=d.beta, tau_d=d.tau_d, tau_m=d.tau_m,
@@ -178,7 +177,7 @@ def train(cfg: Config, out_dir: str | Path, *, resume: bool = False, progress: b
         out_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out_dir / "config.yaml")
     model, criterion, optimizer, scheduler, scaler = build_training(cfg, device)
-    distiller, teacher = build_distiller(cfg), None
+    distiller, teacher = (build_distiller(cfg) if cfg.distill.enabled else None), None
     if ckpt:
         restore(ckpt, model, optimizer, scheduler, scaler)
         log.info(f"resumed from {last_good} at iteration {start_iter}")

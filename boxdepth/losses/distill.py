@@ -29,6 +29,11 @@ from boxdepth.losses.boxinst import dice_loss
 PSEUDO_MASK_THRESHOLD = 0.5  # SPEC §3: pseudo mask = teacher mask > 0.5
 
 
+def pseudo_masks_in_boxes(teacher_masks: torch.Tensor, gt_box_masks: torch.Tensor) -> torch.Tensor:
+    """The pseudo mask: (teacher mask > 0.5) clipped to the GT box mask -> bool, same shape."""
+    return (teacher_masks > PSEUDO_MASK_THRESHOLD) & (gt_box_masks > 0)
+
+
 def pseudo_targets_for_proposals(prop_im_inds: torch.Tensor, prop_gt_inds: torch.Tensor,
                                  matches_per_image: list[dict], teacher_masks_per_image: list[torch.Tensor]):
     """Teacher mask, S_match and a has-match flag for every student proposal (see module doc)."""
@@ -88,7 +93,7 @@ def reliable_dice_loss(student_mask_probs: torch.Tensor, teacher_masks: torch.Te
         else has_match.to(probs.device)
     s_match = s_match.to(probs.device, torch.float32)
     reliable = matched & (s_match > tau_m)
-    pseudo = (teacher_masks.to(probs.device) > PSEUDO_MASK_THRESHOLD).float() * (gt_box_masks.to(probs.device) > 0)
+    pseudo = pseudo_masks_in_boxes(teacher_masks.to(probs.device), gt_box_masks.to(probs.device)).float()
     per_inst = dice_loss(probs, pseudo) if n else probs.new_zeros(0)
     # masked mean: no data-dependent indexing, and an in-graph zero when nothing is reliable
     rel = reliable.float()
