@@ -127,12 +127,13 @@ def train_and_evaluate(name: str, data_dir: Path, out_dir: Path, seed: int, extr
     val = build_dataset(cfg, "val", is_train=False)
     timing = run_timing(run_dir, cfg.distill.start_iter if cfg.distill.enabled else None)
     rows = [{"variant": name, "seed": seed, **timing,
-             **evaluate_model(model, val, cfg.data.val_json, device, out_dir=run_dir, progress=progress)}]
+             **evaluate_model(model, val, cfg.data.val_json, device,
+                              metrics_path=run_dir / "metrics.json", progress=progress)}]
     for derived, source in DERIVED.items():
         if source == name:
             rows.append({"variant": derived, "seed": seed, **evaluate_model(
-                model, val, cfg.data.val_json, device, out_dir=run_dir, box_as_mask=True,
-                progress=progress, prefix=f"{derived}_")})
+                model, val, cfg.data.val_json, device, metrics_path=run_dir / f"{derived}_metrics.json",
+                box_as_mask=True, progress=progress)})
     return rows
 
 

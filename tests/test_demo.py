@@ -41,6 +41,10 @@ def test_demo_writes_results_table_and_panel(tmp_path, monkeypatch, capsys):
     # the box-as-mask row scores the same detections with filled boxes: same bbox AP
     boxinst, box_as_mask = res["rows"][0], res["rows"][1]
     assert boxinst["bbox"]["AP"] == box_as_mask["bbox"]["AP"]
+    run = tmp_path / "boxinst_seed0"
+    for name in ("metrics.json", "results.json", "box_as_mask_metrics.json", "box_as_mask_results.json"):
+        assert (run / name).is_file(), name
+    assert json.loads((run / "box_as_mask_metrics.json").read_text())["segm"]["AP"] == box_as_mask["segm"]["AP"]
 
     # a second run reuses data and finished runs: no retraining
     ckpt = tmp_path / "boxinst_seed0" / "model_final.pth"

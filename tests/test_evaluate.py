@@ -312,3 +312,11 @@ def test_real_voc_polygons_give_ap_one(tmp_path):
         assert metrics[iou_type]["AP50"] == 1.0 and metrics[iou_type]["AP75"] == 1.0
     saved = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert saved["segm"]["AP"] == 1.0 and saved["gt"] == str(gt_path)
+
+
+def test_results_path_beside_metrics(tmp_path):
+    from boxdepth.engine.inference import results_path_for
+
+    assert results_path_for(tmp_path / "metrics.json") == tmp_path / "results.json"
+    assert results_path_for(tmp_path / "box_as_mask_metrics.json") == tmp_path / "box_as_mask_results.json"
+    assert results_path_for(tmp_path / "student.json") == tmp_path / "student_results.json"

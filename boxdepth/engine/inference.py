@@ -59,27 +59,26 @@ def inference_on_dataset(model: torch.nn.Module, dataset, device: torch.device, 
     return results
 
 
+def results_path_for(metrics_path: str | Path) -> Path:
+    """Where the detections go beside a metrics file: `<x>metrics.json` -> `<x>results.json`,
+    any other name -> `<stem>_results.json`."""
+    m = Path(metrics_path)
+    if m.name.endswith("metrics.json"):
+        return m.with_name(m.name[:-len("metrics.json")] + "results.json")
+    return m.with_name(f"{m.stem}_results.json")
+
+
 def evaluate_model(model: torch.nn.Module, dataset, gt_json: str | Path, device: torch.device, *,
-                   out_dir: str | Path | None = None, box_as_mask: bool = False,
-                   progress: bool = True, prefix: str = "",
-                   metrics_path: str | Path | None = None) -> dict:
-    """Run, score and (rank 0, when out_dir is given) write `<prefix>results.json` and
-    `<prefix>metrics.json`; `metrics_path` instead names the metrics file, the detections
-    going beside it (`results.json` next to a `metrics.json`, else `<stem>_results.json`).
-    Returns {"bbox": {...}, "segm": {...}}."""
+                   metrics_path: str | Path | None = None, box_as_mask: bool = False,
+                   progress: bool = True) -> dict:
+    """Run, score and (rank 0, when `metrics_path` is given) write the metrics there and the
+    COCO detections beside them (`results_path_for`). Returns {"bbox": {...}, "segm": {...}}."""
     results = inference_on_dataset(model, dataset, device, box_as_mask=box_as_mask,
                                    progress=progress)
     metrics = evaluate_coco(gt_json, results)
-    if metrics_path is not None:
-        m = Path(metrics_path)
-        paths = (m.with_name("results.json" if m.name == "metrics.json" else f"{m.stem}_results.json"), m)
-    elif out_dir is not None:
-        paths = (Path(out_dir) / f"{prefix}results.json", Path(out_dir) / f"{prefix}metrics.json")
-    else:
-        paths = None
-    if paths is not None and dist.is_main_process():
-        write_coco_results(paths[0], results)
-        write_metrics(paths[1], metrics)
+    if metrics_path is not None and dist.is_main_process():
+        write_coco_results(results_path_for(metrics_path), results)
+        write_metrics(metrics_path, metrics)
     return metrics
 
 
