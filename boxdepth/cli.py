@@ -123,7 +123,7 @@ def cmd_depth(args: argparse.Namespace) -> int:
 
 
 def cmd_viz(args: argparse.Namespace) -> int:
-    from boxdepth.viz_panels import format_viz_summary, run_viz
+    from boxdepth.viz.panels import format_viz_summary, run_viz
 
     summary = run_viz(args.inputs, args.out, depth_root=args.depth, images_root=args.images_root,
                       weights=args.weights, gt=args.gt, device=args.device,

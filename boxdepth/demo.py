@@ -167,7 +167,7 @@ def write_depth_panels(out_dir: Path, data_dir: Path, variant: str, num_images: 
     """`boxdepth viz` panels (image | pseudo depth | colour / depth affinity | masks | instance
     depth [| pseudo masks of the val boxes, for a distillation variant]) of a few val images
     with the model of a depth variant, in <out>/depth_panels/."""
-    from boxdepth.viz_panels import run_viz
+    from boxdepth.viz.panels import run_viz
 
     cfg = variant_config(variant, data_dir, 0)
     summary = run_viz([str(data_dir / "images" / "val")], out_dir / "depth_panels",
@@ -248,7 +248,7 @@ def run_demo(out_dir: str | Path = "runs/demo", *, seeds: int = DEFAULT_SEEDS, v
               "rows": rows, "summary": table}
     atomic_write_json(out_dir / "results.json", result)
     print(format_table(table))
-    from boxdepth.demo_panel import write_demo_panel
+    from boxdepth.viz.demo_panel import write_demo_panel
     print(f"wrote {write_demo_panel(out_dir, data_dir, names, seed=0)}")
     depth_variants = [n for n in names if any(o.startswith("data.depth_root") for o in VARIANTS[n])]
     if depth_variants:

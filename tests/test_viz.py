@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from boxdepth.viz import (COLORMAPS, colorize_affinity, colorize_depth, instance_colors,
+from boxdepth.viz.draw import (COLORMAPS, colorize_affinity, colorize_depth, instance_colors,
                           make_panel, overlay_instances, save_png, title_strip_height)
 
 

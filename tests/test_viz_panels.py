@@ -18,8 +18,9 @@ from boxdepth.models.build import build_model
 from boxdepth.data.transforms import TestTransform
 from boxdepth.engine.inference import load_trained_model
 from boxdepth.engine.predict import predict_image
-from boxdepth.viz import colorize_affinity, colorize_depth, overlay_instances, title_strip_height
-from boxdepth.viz_panels import (_NOTE_BG, affinity_maps, panel_font_size, run_viz,
+from boxdepth.viz.draw import (NOTE_BG, colorize_affinity, colorize_depth, overlay_instances,
+                               title_strip_height)
+from boxdepth.viz.panels import (affinity_maps, panel_font_size, run_viz,
                                  upsample_nearest)
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -75,7 +76,7 @@ def _panel_size(n: int, hw, font_size: int) -> tuple[int, int]:
 
 
 def _is_note(tile: np.ndarray) -> bool:
-    return (tile == np.array(_NOTE_BG, np.uint8)).all(axis=2).mean() > 0.8
+    return (tile == np.array(NOTE_BG, np.uint8)).all(axis=2).mean() > 0.8
 
 
 @pytest.fixture(scope="module")
@@ -312,7 +313,7 @@ def test_real_rgbd_panel(tmp_path):
 
 
 def test_raw_sensor_depth_files_are_not_drawn_as_images():
-    from boxdepth.viz_panels import drop_sensor_depth_files
+    from boxdepth.viz.panels import drop_sensor_depth_files
     paths = [Path("a/x-color.png"), Path("a/x-depth.png"), Path("a/y_depth.png"),
              Path("b/x-depth.png"), Path("a/y_color.jpg"), Path("a/z-depth.png")]
     # a depth file goes only when its colour partner (same folder) is listed too

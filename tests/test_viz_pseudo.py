@@ -10,16 +10,16 @@ import pytest
 import torch
 from PIL import Image
 
-from boxdepth import viz_pseudo
+from boxdepth.viz import pseudo as viz_pseudo
 from boxdepth.cli import main
 from boxdepth.config import load_config
 from boxdepth.data.depth_io import depth_path_for, load_depth_png
 from boxdepth.distill.distiller import SelfDistiller
 from boxdepth.engine.inference import load_trained_model
 from boxdepth.models.build import build_model
-from boxdepth.viz import title_strip_height
-from boxdepth.viz_panels import _NOTE_BG, panel_font_size, run_viz
-from boxdepth.viz_pseudo import (RELIABLE_COLOR, UNMATCHED_COLOR, UNRELIABLE_COLOR,
+from boxdepth.viz.draw import NOTE_BG, title_strip_height
+from boxdepth.viz.panels import panel_font_size, run_viz
+from boxdepth.viz.pseudo import (RELIABLE_COLOR, UNMATCHED_COLOR, UNRELIABLE_COLOR,
                                  pseudo_mask_tile, student_batch)
 
 from tests.conftest import TINY_MODEL
@@ -216,4 +216,4 @@ def test_gt_errors_and_images_missing_from_the_json(tiny_synth, tmp_path, capsys
     assert summary["not_in_gt"] == [str(missing)] and len(summary["pseudo_masks"]) == 1
     assert summary["tiles"][-1].startswith("pseudo masks (student, no teacher, IoU")
     note = _last_tile(summary["panels"][0], 7)
-    assert (note == np.array(_NOTE_BG, np.uint8)).all(axis=2).mean() > 0.8
+    assert (note == np.array(NOTE_BG, np.uint8)).all(axis=2).mean() > 0.8

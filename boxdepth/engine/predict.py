@@ -41,7 +41,7 @@ from boxdepth.data.transforms import TestTransform, collate_batch
 from boxdepth.engine.dist import resolve_device
 from boxdepth.fileio import atomic_write_json
 from boxdepth.models.condinst import SIZE_DIVISIBILITY, postprocess_detections
-from boxdepth.viz import overlay_instances, save_png
+from boxdepth.viz.draw import overlay_instances, save_png
 
 log = logging.getLogger("boxdepth")
 

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from boxdepth.data import synthetic_texture as tex
-from boxdepth.data.synthetic_objects import ObjectSpec, rasterize, sample_object, shading
+from boxdepth.data.synthetic import texture as tex
+from boxdepth.data.synthetic.objects import ObjectSpec, rasterize, sample_object, shading
 
 FLOOR, BACK_WALL, SIDE_WALL = 0, 1, 2
 

@@ -298,3 +298,27 @@ def save_png(path: str | Path, array: np.ndarray) -> None:
         raise ValueError(f"save_png({path}): unsupported array {a.dtype} {a.shape}")
     img = Image.fromarray(np.ascontiguousarray(a))
     atomic_save(path, lambda p: img.save(p, format="PNG"))
+
+
+NOTE_BG = (48, 48, 48)  # background of a tile that says why there is no picture
+
+
+def note_tile(hw: tuple[int, int], text: str) -> np.ndarray:
+    """A dark (H, W, 3) tile with `text` centred, word-wrapped to the width."""
+    h, w = hw
+    tile = Image.new("RGB", (w, h), NOTE_BG)
+    draw = ImageDraw.Draw(tile)
+    font = load_font(max(8, min(24, w // 14, h // 6)))
+    lines: list[str] = []
+    for word in text.split():
+        if lines and draw.textlength(lines[-1] + " " + word, font=font) <= w - 8:
+            lines[-1] += " " + word
+        else:
+            lines.append(word)
+    line_h = font.getbbox("Ag")[3] + 2
+    y = max(0, (h - line_h * len(lines)) // 2)
+    for line in lines:
+        x = max(0, (w - int(draw.textlength(line, font=font))) // 2)
+        draw.text((x, y), line, fill=(230, 230, 230), font=font)
+        y += line_h
+    return np.asarray(tile).copy()

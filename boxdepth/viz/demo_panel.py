@@ -26,7 +26,7 @@ def write_demo_panel(out_dir: Path, data_dir: Path, variants: list[str], *, seed
     from boxdepth.data.transforms import TestTransform
     from boxdepth.engine.inference import load_trained_model
     from boxdepth.engine.predict import predict_image
-    from boxdepth.viz import make_panel, overlay_instances, save_png
+    from boxdepth.viz.draw import make_panel, overlay_instances, save_png
 
     val = json.loads((data_dir / "val.json").read_text())
     images = val["images"][:num_images]

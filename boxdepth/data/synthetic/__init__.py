@@ -4,7 +4,7 @@ Each image is a room or table top (floor/table plane receding to a back wall, so
 side wall) seen by a pitched pinhole camera, with flat background clutter that is NOT
 annotated (posters, rugs, stains, skirting, light pools, contact shadows) and 2-8
 textured 3D objects of 4 classes (disc, box, triangle, ring) composited far-to-near
-through a z-buffer over metric depth (`synthetic_scene`, `synthetic_objects`).
+through a z-buffer over metric depth (`scene.py`, `objects.py`).
 
 Knobs of `generate_synthetic_dataset`:
   camouflage   fraction of objects (default 0.3) coloured/textured like their
@@ -46,10 +46,10 @@ from scipy import ndimage
 from boxdepth.data.depth_io import (depth_path_for, normalize_inverse_depth, save_depth_png,
                                     write_depth_meta)
 from boxdepth.data.rle import mask_to_rle, mask_to_xywh
-from boxdepth.data.synthetic_objects import CATEGORIES
-from boxdepth.data.synthetic_preview import save_preview
-from boxdepth.data.synthetic_scene import render_scene
-from boxdepth.data.synthetic_texture import value_noise
+from boxdepth.data.synthetic.objects import CATEGORIES
+from boxdepth.data.synthetic.preview import save_preview
+from boxdepth.data.synthetic.scene import render_scene
+from boxdepth.data.synthetic.texture import value_noise
 from boxdepth.fileio import atomic_save, atomic_write_json, atomic_write_text
 
 SPLITS = ("train", "val")

@@ -45,7 +45,7 @@ from boxdepth.distill.teacher import teacher_predictions
 from boxdepth.engine.trainer import batch_to_device, build_distiller
 from boxdepth.losses.boxinst import boxes_to_stride_masks
 from boxdepth.losses.distill import pseudo_masks_in_boxes
-from boxdepth.viz import overlay_instances
+from boxdepth.viz.draw import note_tile, overlay_instances
 
 RELIABLE_COLOR = (40, 200, 40)
 UNRELIABLE_COLOR = (255, 128, 0)
@@ -154,7 +154,6 @@ class GtPseudoMasks:
         self.not_in_gt: list[str] = []
 
     def tile(self, image: np.ndarray, d01, rel: str, path) -> tuple[np.ndarray, str]:
-        from boxdepth.viz_panels import note_tile
 
         rec, name = self.records.get(rel), self.gt_json.name
         if rec is None:

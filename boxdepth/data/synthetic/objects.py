@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from boxdepth.data.synthetic_texture import Texture, object_texture
+from boxdepth.data.synthetic.texture import Texture, object_texture
 
 CATEGORIES = [
     {"id": 1, "name": "disc", "supercategory": "shape"},

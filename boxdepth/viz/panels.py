@@ -6,7 +6,7 @@ Row of tiles per image, written to ``<out_dir>/<name>_panel.png`` (`name` as in
           [| pseudo masks]]
 The prediction tiles need `weights`; the pseudo-mask tile needs `weights` and `gt`, a COCO
 json with the images' boxes (e.g. train.json): the self-distillation pseudo masks that
-training would make for each GT box with this model as the teacher (viz_pseudo.py). Images
+training would make for each GT box with this model as the teacher (viz/pseudo.py). Images
 are looked up in `gt` by their path relative to `images_root` (COCO file_name); one that is
 not there gets a note tile. A missing depth file gives a "no depth" tile (and a warning);
 the colour affinity never needs depth.
@@ -50,14 +50,13 @@ from boxdepth.data.depth_io import depth_path_for, load_depth_png
 from boxdepth.data.image_io import load_image_rgb
 from boxdepth.losses.depth import depth_similarity
 from boxdepth.ops.pairwise import color_similarity, neighbour_mask, rgb_to_lab
-from boxdepth.viz import (colorize_affinity, colorize_depth, load_font, make_panel,
-                          overlay_instances, save_png)
+from boxdepth.viz.draw import (colorize_affinity, colorize_depth, load_font, make_panel,
+                               note_tile, overlay_instances, save_png)
 
 log = logging.getLogger("boxdepth")
 
 MASK_STRIDE = 4
 MAX_TILE_HEIGHT = 480  # larger images are shown smaller so that a row stays viewable
-_NOTE_BG = (48, 48, 48)
 
 
 # ----------------------------------------------------------------------------- affinities
@@ -113,27 +112,6 @@ def upsample_nearest(stride_map: np.ndarray, stride: int, hw: tuple[int, int]) -
 
 
 # ----------------------------------------------------------------------------- tiles
-def note_tile(hw: tuple[int, int], text: str) -> np.ndarray:
-    """A dark (H, W, 3) tile with `text` centred, word-wrapped to the width."""
-    h, w = hw
-    tile = Image.new("RGB", (w, h), _NOTE_BG)
-    draw = ImageDraw.Draw(tile)
-    font = load_font(max(8, min(24, w // 14, h // 6)))
-    lines: list[str] = []
-    for word in text.split():
-        if lines and draw.textlength(lines[-1] + " " + word, font=font) <= w - 8:
-            lines[-1] += " " + word
-        else:
-            lines.append(word)
-    line_h = font.getbbox("Ag")[3] + 2
-    y = max(0, (h - line_h * len(lines)) // 2)
-    for line in lines:
-        x = max(0, (w - int(draw.textlength(line, font=font))) // 2)
-        draw.text((x, y), line, fill=(230, 230, 230), font=font)
-        y += line_h
-    return np.asarray(tile).copy()
-
-
 def instance_depth_tile(masks: np.ndarray, depth: np.ndarray) -> np.ndarray:
     """Each instance's predicted depth (K, H, W) painted inside its mask (K, H, W), the
     first (best) instance on top; background and the rim of each instance black."""
@@ -337,7 +315,7 @@ def run_viz(inputs: list[str], out_dir, *, depth_root=None, images_root=None, we
     predictor = _Predictor(weights, dev) if weights is not None else None
     gt_masks = None
     if gt is not None:
-        from boxdepth.viz_pseudo import GtPseudoMasks
+        from boxdepth.viz.pseudo import GtPseudoMasks
         gt_masks = GtPseudoMasks(gt, predictor.model, predictor.cfg, dev,
                                  predictor.weights_loaded)
     panels, missing, titles = [], [], []
