@@ -52,6 +52,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     from boxdepth.engine.trainer import train
 
     cfg = load_config(args.config, args.overrides)
+    if args.overfit:
+        from boxdepth.engine.overfit import format_overfit_report, run_overfit
+        report = run_overfit(cfg, args.out, num_images=args.overfit, target_ap=args.overfit_ap,
+                             max_iter=args.overfit_iters, progress=not args.quiet)
+        print(format_overfit_report(report))
+        print(f"wrote {Path(args.out) / 'overfit.json'}")
+        return 0 if report["passed"] else 1
     final = train(cfg, args.out, resume=args.resume, progress=not args.quiet)
     if dist.is_main_process():
         print(f"wrote {final}")
@@ -176,6 +183,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
     s.add_argument("--no-eval", action="store_true", help="skip the evaluation at the end")
     s.add_argument("--quiet", action="store_true", help="no progress bars")
+    s.add_argument("--overfit", type=int, default=0, metavar="N",
+                   help="check the set-up first: train on N training images until box AP on them "
+                        "reaches --overfit-ap (exit 0) or --overfit-iters run out (exit 1)")
+    s.add_argument("--overfit-ap", type=float, default=50.0, help="box AP to reach (default 50)")
+    s.add_argument("--overfit-iters", type=int, default=300, help="iteration budget (default 300)")
     s.set_defaults(func=cmd_train)
 
     s = sub.add_parser("eval", help="evaluate a checkpoint, or score a COCO results file",

@@ -27,6 +27,7 @@ from boxdepth.engine import dist
 from boxdepth.distill.distiller import SelfDistiller
 from boxdepth.distill.ema import ModelEMA
 from boxdepth.engine.checkpoint import last_checkpoint, load_checkpoint, save_checkpoint
+from boxdepth.engine.health import TrainingHealth, regression_stats
 from boxdepth.engine.logging import MetricsWriter
 from boxdepth.engine.optim import build_lr_scheduler, build_optimizer
 from boxdepth.losses.build import build_criterion
@@ -126,10 +127,13 @@ def train_step(model, criterion, optimizer, scheduler, scaler, batch: dict, iter
                stats: dict | None = None) -> dict[str, float]:
     """One optimisation step; returns the losses averaged over ranks (floats). With a
     `teacher` (EMA model) the `distiller` adds Eq. 10's term and, after the step, the
-    teacher follows the student (EMA); its matching statistics go into `stats`."""
+    teacher follows the student (EMA); its matching statistics and the box regression's
+    health statistics (engine/health.py) go into `stats`."""
     with torch.autocast(batch["images"].device.type, enabled=scaler.is_enabled()):
         outputs = model(batch["images"], batch["image_mask"], batch["targets"])
         losses = criterion(outputs, batch, iteration=iteration)
+        if stats is not None:
+            stats.update(regression_stats(outputs, criterion.num_classes))
         if teacher is not None:
             extra, distill_stats = distiller(teacher, outputs, batch)
             losses.update(extra)
@@ -194,6 +198,9 @@ def train(cfg: Config, out_dir: str | Path, *, resume: bool = False, progress: b
     max_iter, period = int(cfg.solver.max_iter), int(cfg.log.period)
     bar = tqdm(total=max_iter, initial=start_iter, disable=not (progress and is_main),
                desc="train", dynamic_ncols=True)
+    # the checks watch the start of a run; a resumed run was watched when it started
+    health = (TrainingHealth(num_periods=cfg.log.health_periods)
+              if cfg.log.health_periods and start_iter == 0 else None)
     model.train()
     data_iter, timer, stats = iter(loader), {"data": 0.0, "step": 0.0, "n": 0}, {}
     for iteration in range(start_iter, max_iter):
@@ -211,11 +218,17 @@ def train(cfg: Config, out_dir: str | Path, *, resume: bool = False, progress: b
         timer = {"data": timer["data"] + t1 - t0, "step": timer["step"] + time.perf_counter() - t1,
                  "n": timer["n"] + 1}
         done = iteration + 1
+        if health is not None:
+            health.observe_step(stats)
         if done % period == 0 or done == max_iter:
+            warnings = health.observe_period(done, logged) if health is not None else []
+            for w in warnings:
+                log.warning(w["message"])
             writer.write(done, {**logged, "loss": sum(logged.values()),
                                 "lr": optimizer.param_groups[0]["lr"], **stats,
                                 "time_data": timer["data"] / timer["n"],
-                                "time_step": timer["step"] / timer["n"]})
+                                "time_step": timer["step"] / timer["n"],
+                                **({"health_warnings": warnings} if warnings else {})})
             timer = {"data": 0.0, "step": 0.0, "n": 0}
         bar.set_postfix(_short_losses(logged), refresh=False)
         bar.update(1)

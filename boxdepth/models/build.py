@@ -28,7 +28,8 @@ def build_model(cfg, *, load_backbone_weights: bool = True) -> CondInst:
                                 mask_out_stride=mh.mask_out_stride)
     head = FCOSHead(m.fpn.out_channels, fc.num_classes, num_convs=fc.num_convs, norm=fc.norm,
                     prior_prob=fc.prior_prob, num_levels=len(fc.strides),
-                    num_controller_params=mask_head.num_params)
+                    num_controller_params=mask_head.num_params,
+                    box_init_distance=fc.box_init_distance)
     mask_branch = MaskBranch(m.fpn.out_channels, channels=mb.channels, num_convs=mb.num_convs,
                              out_channels=mb.out_channels, norm=mb.norm)
     assigner = FCOSTargetAssigner(list(fc.strides), num_classes=fc.num_classes,

@@ -7,7 +7,7 @@ tensor is ordered level-major, then row-major within a level (the order of
 
 - `FCOSHead(features)` -> dict of per-level lists: "cls_logits" (B, K, H, W),
   "bbox_reg" (B, 4, H, W) = relu(scale_l(x)) in units of the level's stride, order
-  (l, t, r, b); "ctrness" (B, 1, H, W) and "controller" (B, P, H, W) (or None when
+  (l, t, r, b), starting near `box_init_distance` (see FCOSHead); "ctrness" (B, 1, H, W) and "controller" (B, P, H, W) (or None when
   P = 0) both read the box tower.
 - `compute_locations` -> per level (H*W, 2) pixel (x, y) centres of the grid cells.
 - `FCOSTargetAssigner(locations, targets)` -> "labels" (B, M) with K = background,
@@ -50,10 +50,20 @@ def _tower(in_channels: int, num_convs: int, norm: str) -> nn.Sequential:
 
 
 class FCOSHead(nn.Module):
-    """Shared cls/box towers over all levels; centerness and controller on the box tower."""
+    """Shared cls/box towers over all levels; centerness and controller on the box tower.
+
+    `box_init_distance` is the initial bias of the box regression, so every location
+    starts predicting a box that reaches that many strides to each side. AdelaiDet starts
+    from bias 0, i.e. boxes of size ~0: there 1 - GIoU is flat (its gradient scales with
+    the predicted size) and exactly flat once relu clamps both sides of a pair (l and r,
+    or t and b), and nothing brings such a location back. Measured on real photos with
+    the demo's small head: 66 % of the positives started clamped and box regression
+    never learned on one data set. 0 restores AdelaiDet's init.
+    """
 
     def __init__(self, in_channels: int, num_classes: int, *, num_convs: int = 4, norm: str = "GN",
-                 prior_prob: float = 0.01, num_levels: int = 5, num_controller_params: int = 0):
+                 prior_prob: float = 0.01, num_levels: int = 5, num_controller_params: int = 0,
+                 box_init_distance: float = 1.0):
         super().__init__()
         self.num_classes = num_classes
         self.cls_tower = _tower(in_channels, num_convs, norm)
@@ -70,6 +80,7 @@ class FCOSHead(nn.Module):
                 nn.init.constant_(m.bias, 0)
         # focal-loss prior: every location starts as background with probability 1 - p
         nn.init.constant_(self.cls_logits.bias, -math.log((1 - prior_prob) / prior_prob))
+        nn.init.constant_(self.bbox_pred.bias, float(box_init_distance))
 
     def forward(self, features: list[torch.Tensor]) -> dict[str, list[torch.Tensor] | None]:
         if len(features) != len(self.scales):
