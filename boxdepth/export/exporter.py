@@ -21,8 +21,10 @@ canvas and makes the runner refuse other sizes (ONNX: the input shape is fixed t
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import warnings
 from pathlib import Path
 
 import torch
@@ -62,6 +64,19 @@ def example_inputs(size_hw, batch: int = 1) -> tuple[torch.Tensor, torch.Tensor]
     return images, mask
 
 
+@contextlib.contextmanager
+def _quiet_tracer():
+    """Silence the tracer's warnings about Python values taken as constants (the shape
+    checks and lite0's padding rule: constant for every multiple-of-32 canvas, which the
+    parity tests run) and torch's deprecation notes on torch.jit / the legacy exporter."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.filterwarnings("ignore", message="Constant folding", category=UserWarning)
+        yield
+
+
 def _export_onnx(graph: DenseCondInst, example, names: list[str], dynamic: bool) -> bytes:
     dynamic_axes = None
     if dynamic:
@@ -69,7 +84,7 @@ def _export_onnx(graph: DenseCondInst, example, names: list[str], dynamic: bool)
                         "image_mask": {0: "batch", 1: "height", 2: "width"}}
         dynamic_axes.update({n: {0: "batch", 2: f"{n}_height", 3: f"{n}_width"} for n in names})
     buf = io.BytesIO()
-    with torch.no_grad():
+    with torch.no_grad(), _quiet_tracer():
         torch.onnx.export(graph, example, buf, input_names=list(INPUT_NAMES), output_names=names,
                           dynamic_axes=dynamic_axes, opset_version=ONNX_OPSET, dynamo=False,
                           do_constant_folding=True)
@@ -86,9 +101,9 @@ def _write_onnx(path: Path, model_bytes: bytes, metadata: dict) -> None:
 
 
 def _write_torchscript(path: Path, graph: DenseCondInst, example, metadata: dict) -> None:
-    with torch.no_grad():
+    with torch.no_grad(), _quiet_tracer():
         traced = torch.jit.trace(graph, example, check_trace=False)
-    with atomic_path(path) as tmp:
+    with atomic_path(path) as tmp, _quiet_tracer():
         torch.jit.save(traced, str(tmp), _extra_files={TORCHSCRIPT_EXTRA: json.dumps(metadata)})
 
 

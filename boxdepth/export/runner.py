@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -65,7 +66,9 @@ def _load_onnx(path: Path, threads: int | None):
 def _load_torchscript(path: Path):
     extra = {TORCHSCRIPT_EXTRA: ""}
     try:
-        module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+        with warnings.catch_warnings():  # torch deprecates torch.jit; the archive still loads
+            warnings.simplefilter("ignore", DeprecationWarning)
+            module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
     except Exception as e:  # torch.jit raises RuntimeError and friends
         raise ValueError(f"{path}: not a loadable TorchScript archive: {e}") from None
     if not extra[TORCHSCRIPT_EXTRA]:
