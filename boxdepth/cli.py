@@ -155,6 +155,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_convert(args: argparse.Namespace) -> int:
+    from boxdepth.data.cityscapes import convert_cityscapes, format_cityscapes_summary
+
+    report = convert_cityscapes(args.gtfine_root, args.out, images_root=args.images)
+    print(format_cityscapes_summary(report))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from boxdepth.demo import run_demo
 
@@ -275,6 +283,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "--dynamic; with it, only the trace example)")
     s.add_argument("--dynamic", action="store_true", help="any batch size and canvas (multiples of 32)")
     s.set_defaults(func=cmd_export)
+
+    s = sub.add_parser("convert", help="convert a dataset's own labels to COCO json (cityscapes)")
+    s.add_argument("dataset", choices=("cityscapes",))
+    s.add_argument("gtfine_root", type=Path, help="Cityscapes gtFine folder (holding train/ and val/)")
+    s.add_argument("--out", required=True, type=Path, help="folder for train.json (boxes) and val.json (masks)")
+    s.add_argument("--images", type=Path, default=None, metavar="LEFTIMG8BIT_ROOT",
+                   help="check that every image exists under this leftImg8bit folder")
+    s.set_defaults(func=cmd_convert)
 
     s = sub.add_parser("demo", help="the main job on the embedded synthetic dataset")
     s.add_argument("--out", type=Path, default=Path("runs/demo"), help="run folder (default runs/demo)")
