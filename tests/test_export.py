@@ -199,6 +199,7 @@ def test_cli_export_and_errors(ckpt, tmp_path, capsys):
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".cli.pt")] == []  # no temp left
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
 def test_runner_names_a_file_that_is_not_an_export(tmp_path):
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"not a model")
@@ -211,3 +212,14 @@ def test_runner_names_a_file_that_is_not_an_export(tmp_path):
         ExportedModel(plain)
     with pytest.raises(FileNotFoundError, match="nope.onnx"):
         ExportedModel(tmp_path / "nope.onnx")
+
+
+def test_runner_command_line(ckpt, tmp_path, capsys):
+    from boxdepth.export.runner import main as runner_main
+
+    model_file = _export(ckpt, tmp_path, "torchscript", dynamic=True)
+    assert runner_main([str(model_file), str(PHOTOS[0]), "--out", str(tmp_path / "o"), "--quiet"]) == 0
+    assert "predicted 1 image(s)" in capsys.readouterr().out
+    assert json.loads((tmp_path / "o" / "results.json").read_text())
+    assert runner_main([str(tmp_path / "none.pt"), str(PHOTOS[0]), "--out", str(tmp_path / "o2")]) == 2
+    assert "none.pt" in capsys.readouterr().err
