@@ -141,6 +141,35 @@ def cmd_viz(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_hw(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must look like HxW, e.g. 192x256, got {text!r}") from None
+    return h, w
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from boxdepth.config import load_config
+    from boxdepth.export.exporter import export_model
+
+    cfg = load_config(args.config, args.overrides)
+    meta = export_model(args.weights, args.out, fmt=args.format, cfg=cfg, size_hw=args.size,
+                        dynamic=args.dynamic)
+    shape = "dynamic (any multiple of 32)" if meta["dynamic"] else "x".join(map(str, meta["input_size"]))
+    print(f"wrote {args.out} ({meta['format']}, input canvas {shape}, {meta['meta']['weights_loaded']} "
+          f"weights); run it with: python -m boxdepth.export.runner {args.out} IMAGES... --out DIR")
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from boxdepth.data.cityscapes import convert_cityscapes, format_cityscapes_summary
+
+    report = convert_cityscapes(args.gtfine_root, args.out, images_root=args.images)
+    print(format_cityscapes_summary(report))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from boxdepth.demo import run_demo
 
@@ -254,6 +283,27 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_viz)
 
+    s = sub.add_parser("export", help="export the network to ONNX or TorchScript (post-processing "
+                                      "stays in boxdepth.export.runner)")
+    s.add_argument("config", help="YAML config of the model (path or packaged name)")
+    s.add_argument("overrides", nargs="*", help="key=value config overrides")
+    s.add_argument("--weights", required=True, type=Path, help="checkpoint")
+    s.add_argument("--format", required=True, choices=("onnx", "torchscript"))
+    s.add_argument("--out", required=True, type=Path, help="file to write (.onnx / .pt)")
+    s.add_argument("--size", type=_parse_hw, default=None, metavar="HxW",
+                   help="padded input canvas, height x width, multiples of 32 (needed without "
+                        "--dynamic; with it, only the trace example)")
+    s.add_argument("--dynamic", action="store_true", help="any batch size and canvas (multiples of 32)")
+    s.set_defaults(func=cmd_export)
+
+    s = sub.add_parser("convert", help="convert a dataset's own labels to COCO json (cityscapes)")
+    s.add_argument("dataset", choices=("cityscapes",))
+    s.add_argument("gtfine_root", type=Path, help="Cityscapes gtFine folder (holding train/ and val/)")
+    s.add_argument("--out", required=True, type=Path, help="folder for train.json (boxes) and val.json (masks)")
+    s.add_argument("--images", type=Path, default=None, metavar="LEFTIMG8BIT_ROOT",
+                   help="check that every image exists under this leftImg8bit folder")
+    s.set_defaults(func=cmd_convert)
+
     s = sub.add_parser("demo", help="the main job on the embedded synthetic dataset")
     s.add_argument("--out", type=Path, default=Path("runs/demo"), help="run folder (default runs/demo)")
     from boxdepth.demo import DEFAULT_SEEDS, DEFAULT_VARIANTS
@@ -276,7 +326,7 @@ def parse_cli(argv: list[str] | None = None) -> argparse.Namespace:
     args, extra = parser.parse_known_args(argv)
     if extra:
         takes_overrides = isinstance(getattr(args, "overrides", None), list) and \
-            args.command in ("train", "eval")
+            args.command in ("train", "eval", "export")
         stray = [e for e in extra if not (takes_overrides and "=" in e and not e.startswith("-"))]
         if stray:
             parser.error(f"unrecognized arguments: {' '.join(stray)}")

@@ -48,6 +48,7 @@ from scipy.optimize import linear_sum_assignment
 from torch import nn
 
 from boxdepth.ops.boxes import box_iou
+from boxdepth.ops.precision import float32_region
 
 _SCORE_RESOLUTION = 1e-6  # S_match values closer than this count as ties
 
@@ -63,7 +64,8 @@ def depth_consistency_score(masks: torch.Tensor, depth_sim: torch.Tensor, tau_d:
     consistent = (sim * (sim > tau_d)).sum(dim=0).flatten()  # (h*w,)
     total = sim.sum(dim=0).flatten()
     m = masks.float().flatten(1)
-    num, den = m @ consistent, m @ total
+    with float32_region(m.device):  # sums over every pixel: keep fp32 under AMP
+        num, den = m @ consistent, m @ total
     return torch.where(den > 0, num / den.clamp(min=torch.finfo(den.dtype).tiny), torch.zeros_like(den))
 
 

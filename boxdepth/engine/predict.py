@@ -140,7 +140,7 @@ def checkpoint_config(weights: str | Path, overrides: Sequence[str]):
     return Config(cfg.to_dict())
 
 
-def _categories(meta: dict, num_classes: int, weights) -> tuple[list[int], list[str]]:
+def categories_of(meta: dict, num_classes: int, weights) -> tuple[list[int], list[str]]:
     cat_ids = [int(c) for c in meta.get("cat_ids") or range(num_classes)]
     names = [str(n) for n in meta.get("class_names") or [f"class_{i}" for i in range(num_classes)]]
     if len(cat_ids) != num_classes or len(names) != num_classes:
@@ -197,7 +197,7 @@ def _load(weights, device, cfg_overrides):
 
     cfg = checkpoint_config(weights, cfg_overrides) if cfg_overrides else None
     model, cfg, meta = load_trained_model(weights, device, cfg=cfg)
-    cat_ids, class_names = _categories(meta, int(model.num_classes), weights)
+    cat_ids, class_names = categories_of(meta, int(model.num_classes), weights)
     return model, cfg, cat_ids, class_names
 
 
@@ -209,25 +209,45 @@ def run_predict(weights, inputs: list[str], out_dir, *, device="auto", score_thr
     "out_dir", "results", "images_json", "overlays", "masks", "depth" (None unless
     written), "device"}.
     """
-    if not 0.0 <= float(score_thresh) <= 1.0:
-        raise ValueError(f"score_thresh must be in [0, 1], got {score_thresh}")
-    out_dir = Path(out_dir)
-    paths = collect_images(inputs, exclude=out_dir)
-    if max_images is not None:
-        paths = paths[:max(int(max_images), 0)]
-    check_image_headers(paths)
+    _check_score_thresh(score_thresh)
+    paths = input_paths(inputs, out_dir, max_images)  # bad inputs fail before the model loads
     dev = resolve_device(device)
     model, cfg, cat_ids, class_names = _load(weights, dev, list(cfg_overrides))
     if save_depth and not model.mask_head.depth_head:
         log.warning("predict: --save-depth ignored, %s has no DG-MaskHead (depth_head: false)",
                     weights)
     transform = TestTransform(cfg.input.min_size_test, cfg.input.max_size_test)
+    return predict_paths(model, paths, out_dir, transform=transform, cat_ids=cat_ids,
+                         class_names=class_names, device=dev, score_thresh=score_thresh,
+                         save_depth=save_depth, progress=progress)
+
+
+def _check_score_thresh(score_thresh) -> None:
+    if not 0.0 <= float(score_thresh) <= 1.0:
+        raise ValueError(f"score_thresh must be in [0, 1], got {score_thresh}")
+
+
+def input_paths(inputs: Iterable[str], out_dir, max_images=None) -> list[Path]:
+    """`collect_images` (outputs under `out_dir` excluded), the first `max_images`, headers checked."""
+    paths = collect_images(inputs, exclude=out_dir)
+    if max_images is not None:
+        paths = paths[:max(int(max_images), 0)]
+    check_image_headers(paths)
+    return paths
+
+
+def predict_paths(model, paths: Sequence[Path], out_dir, *, transform, cat_ids, class_names, device,
+                  score_thresh=0.3, save_depth=False, progress=True) -> dict:
+    """`run_predict` with a loaded model (a CondInst, or anything that answers like one in
+    eval mode: boxdepth.export.runner.ExportedModel) on `input_paths`' images."""
+    _check_score_thresh(score_thresh)
+    out_dir = Path(out_dir)
     names = output_names(paths)
     results, images, shown, any_depth = [], [], 0, False
     for image_id, (path, name) in enumerate(tqdm(list(zip(paths, names)), desc="predict",
                                                 disable=not progress, dynamic_ncols=True)):
         image = load_image_rgb(path)
-        det = predict_image(model, image, transform, dev, with_depth=save_depth)
+        det = predict_image(model, image, transform, device, with_depth=save_depth)
         results += instances_to_coco_results(image_id, det["boxes"], det["scores"], det["labels"],
                                              det["masks"], cat_ids=cat_ids)
         images.append({"id": image_id, "file_name": str(path),
@@ -241,7 +261,7 @@ def run_predict(weights, inputs: list[str], out_dir, *, device="auto", score_thr
             "score_thresh": float(score_thresh), "out_dir": str(out_dir),
             "results": str(out_dir / "results.json"), "images_json": str(out_dir / "images.json"),
             "overlays": str(out_dir / "overlays"), "masks": str(out_dir / "masks"),
-            "depth": str(out_dir / "depth") if any_depth else None, "device": str(dev)}
+            "depth": str(out_dir / "depth") if any_depth else None, "device": str(device)}
 
 
 def format_predict_summary(summary: dict) -> str:

@@ -24,6 +24,7 @@ from boxdepth.data.build import build_dataset
 from boxdepth.data.sampler import SeededDataset, TrainingSampler
 from boxdepth.data.transforms import collate_batch
 from boxdepth.engine import dist
+from boxdepth.engine.amp import autocast as amp_autocast
 from boxdepth.distill.distiller import SelfDistiller
 from boxdepth.distill.ema import ModelEMA
 from boxdepth.engine.checkpoint import last_checkpoint, load_checkpoint, save_checkpoint
@@ -108,6 +109,7 @@ def build_training(cfg: Config, device: torch.device):
                                 bias_lr_factor=s.bias_lr_factor)
     scheduler = build_lr_scheduler(optimizer, warmup_iters=s.warmup_iters,
                                    warmup_factor=s.warmup_factor, steps=list(s.steps), gamma=s.gamma)
+    # fp16 needs loss scaling; CPU AMP is bf16 (float32's range), so no scaler there
     scaler = torch.amp.GradScaler("cuda", enabled=bool(s.amp) and device.type == "cuda")
     return model, criterion, optimizer, scheduler, scaler
 
@@ -124,12 +126,13 @@ def restore(ckpt: dict, model, optimizer, scheduler, scaler) -> int:
 
 def train_step(model, criterion, optimizer, scheduler, scaler, batch: dict, iteration: int,
                clip_grad_norm: float = 0.0, distiller=None, teacher=None,
-               stats: dict | None = None) -> dict[str, float]:
+               stats: dict | None = None, amp: bool = False) -> dict[str, float]:
     """One optimisation step; returns the losses averaged over ranks (floats). With a
     `teacher` (EMA model) the `distiller` adds Eq. 10's term and, after the step, the
     teacher follows the student (EMA); its matching statistics and the box regression's
-    health statistics (engine/health.py) go into `stats`."""
-    with torch.autocast(batch["images"].device.type, enabled=scaler.is_enabled()):
+    health statistics (engine/health.py) go into `stats`. `amp` (or an enabled fp16
+    `scaler`): autocast, bf16 on CPU / fp16 on CUDA (engine/amp.py)."""
+    with amp_autocast(batch["images"].device, amp or scaler.is_enabled()):
         outputs = model(batch["images"], batch["image_mask"], batch["targets"])
         losses = criterion(outputs, batch, iteration=iteration)
         if stats is not None:
@@ -211,7 +214,8 @@ def train(cfg: Config, out_dir: str | Path, *, resume: bool = False, progress: b
         t1 = time.perf_counter()
         try:
             logged = train_step(model, criterion, optimizer, scheduler, scaler, batch, iteration,
-                                cfg.solver.clip_grad_norm, distiller, teacher, stats)
+                                cfg.solver.clip_grad_norm, distiller, teacher, stats,
+                                amp=bool(cfg.solver.amp))
         except NonFiniteLossError as e:
             kept = f"last good checkpoint: {last_good}" if last_good else "no checkpoint written yet"
             raise NonFiniteLossError(f"{e}; {kept}") from None

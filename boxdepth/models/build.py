@@ -14,6 +14,15 @@ from boxdepth.models.fpn import FPN
 from boxdepth.models.mask_branch import MaskBranch
 
 
+def build_mask_head(cfg) -> DynamicMaskHead:
+    """The dynamic mask head alone (it has no weights: the controller predicts them); the
+    exported-model runner builds it from the config saved in the exported file."""
+    m, mh = cfg.model, cfg.model.mask_head
+    return DynamicMaskHead(in_channels=m.mask_branch.out_channels, channels=mh.channels,
+                           num_layers=mh.num_layers, sizes_of_interest=tuple(mh.sizes_of_interest),
+                           depth_head=bool(m.depth_head), mask_out_stride=mh.mask_out_stride)
+
+
 def build_model(cfg, *, load_backbone_weights: bool = True) -> CondInst:
     """CondInst from `cfg`; `load_backbone_weights=False` when a trained checkpoint follows."""
     m = cfg.model
@@ -23,9 +32,7 @@ def build_model(cfg, *, load_backbone_weights: bool = True) -> CondInst:
     backbone = build_backbone(bb.name, norm=bb.norm, freeze_at=bb.freeze_at, weights=bb.weights, width=bb.width,
                               load_weights=load_backbone_weights)
     fpn = FPN(backbone.out_channels, out_channels=m.fpn.out_channels)
-    mask_head = DynamicMaskHead(in_channels=mb.out_channels, channels=mh.channels, num_layers=mh.num_layers,
-                                sizes_of_interest=tuple(mh.sizes_of_interest), depth_head=bool(m.depth_head),
-                                mask_out_stride=mh.mask_out_stride)
+    mask_head = build_mask_head(cfg)
     head = FCOSHead(m.fpn.out_channels, fc.num_classes, num_convs=fc.num_convs, norm=fc.norm,
                     prior_prob=fc.prior_prob, num_levels=len(fc.strides),
                     num_controller_params=mask_head.num_params,

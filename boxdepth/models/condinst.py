@@ -93,14 +93,18 @@ class CondInst(nn.Module):
         hp, wp = images.shape[-2:]
         if hp % SIZE_DIVISIBILITY or wp % SIZE_DIVISIBILITY:
             raise ValueError(f"CondInst: padded image size {hp}x{wp} is not a multiple of {SIZE_DIVISIBILITY}")
-        x = self.normalize(images, image_mask)
-        feats = self.fpn(self.backbone(x))
-        head_out = self.fcos_head(feats)
-        mask_feats = self.mask_branch(feats[:3])
-        locations = compute_locations([f.shape[-2:] for f in feats], self.strides, x.device)
+        head_out, mask_feats = self.dense(images, image_mask)
+        locations = compute_locations([m.shape[-2:] for m in head_out["cls_logits"]], self.strides,
+                                      mask_feats.device)
         if targets is not None:
             return self.forward_train(head_out, mask_feats, locations, targets)
         return self.forward_inference(head_out, mask_feats, locations, (hp, wp))
+
+    def dense(self, images: torch.Tensor, image_mask: torch.Tensor | None) -> tuple[dict, torch.Tensor]:
+        """The traceable part (what `boxdepth export` exports): FCOSHead's per-level output
+        lists and mask_feats (B, C_mask, Hp/8, Wp/8); no data-dependent control flow."""
+        feats = self.fpn(self.backbone(self.normalize(images, image_mask)))
+        return self.fcos_head(feats), self.mask_branch(feats[:3])
 
     def forward_train(self, head_out: dict, mask_feats: torch.Tensor, locations: list[torch.Tensor],
                       targets: list[dict]) -> dict:
@@ -134,24 +138,38 @@ class CondInst(nn.Module):
 
     def forward_inference(self, head_out: dict, mask_feats: torch.Tensor, locations: list[torch.Tensor],
                           canvas_hw: tuple[int, int]) -> list[dict]:
-        results = []
-        for i in range(mask_feats.shape[0]):
-            det = decode_detections(head_out, locations, self.strides, i, inference_th=self.inference_th,
-                                    pre_nms_topk=self.pre_nms_topk, nms_th=self.nms_th,
-                                    post_nms_topk=self.post_nms_topk, canvas_hw=canvas_hw)
-            # one image at a time bounds the grouped-conv input to post_nms_topk instances
-            im_inds = torch.zeros(len(det["boxes"]), dtype=torch.long, device=mask_feats.device)
-            heads = self.mask_head(mask_feats[i:i + 1], self.mask_feat_stride, im_inds, det["locations"],
-                                   det["fpn_levels"], det["params"])
-            depth = heads["depth_logits"]
-            results.append({"boxes": det["boxes"], "scores": det["scores"], "labels": det["labels"],
-                            "mask_probs": heads["mask_logits"].sigmoid(),
-                            "depth_probs": depth.sigmoid() if depth is not None else None})
-        return results
+        return dense_to_detections(head_out, mask_feats, locations, self.mask_head, strides=self.strides,
+                                   mask_feat_stride=self.mask_feat_stride, canvas_hw=canvas_hw,
+                                   inference_th=self.inference_th, pre_nms_topk=self.pre_nms_topk,
+                                   nms_th=self.nms_th, post_nms_topk=self.post_nms_topk)
 
     def postprocess(self, det: dict, input_size_hw, orig_size_hw) -> dict:
         return postprocess_detections(det, input_size_hw, orig_size_hw, self.mask_threshold,
                                       mask_stride=self.mask_out_stride)
+
+
+def dense_to_detections(head_out: dict, mask_feats: torch.Tensor, locations: list[torch.Tensor],
+                        mask_head: nn.Module, *, strides: list[int], mask_feat_stride: int,
+                        canvas_hw: tuple[int, int], inference_th: float, pre_nms_topk: int,
+                        nms_th: float, post_nms_topk: int) -> list[dict]:
+    """The inference dicts (module docstring) from the dense network outputs: FCOSHead's
+    per-level lists and mask_feats (B, C_mask, Hp/8, Wp/8). Shared by `CondInst` and the
+    exported-model runner (boxdepth/export/runner.py), which computes the dense outputs in
+    onnxruntime or TorchScript; the dynamic mask head has no weights of its own."""
+    results = []
+    for i in range(mask_feats.shape[0]):
+        det = decode_detections(head_out, locations, strides, i, inference_th=inference_th,
+                                pre_nms_topk=pre_nms_topk, nms_th=nms_th,
+                                post_nms_topk=post_nms_topk, canvas_hw=canvas_hw)
+        # one image at a time bounds the grouped-conv input to post_nms_topk instances
+        im_inds = torch.zeros(len(det["boxes"]), dtype=torch.long, device=mask_feats.device)
+        heads = mask_head(mask_feats[i:i + 1], mask_feat_stride, im_inds, det["locations"],
+                          det["fpn_levels"], det["params"])
+        depth = heads["depth_logits"]
+        results.append({"boxes": det["boxes"], "scores": det["scores"], "labels": det["labels"],
+                        "mask_probs": heads["mask_logits"].sigmoid(),
+                        "depth_probs": depth.sigmoid() if depth is not None else None})
+    return results
 
 
 def _probs_to_original(probs: torch.Tensor, mask_stride: int, input_hw, orig_hw, chunk: int = 16) -> torch.Tensor:

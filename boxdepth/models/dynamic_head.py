@@ -29,6 +29,7 @@ from torch import nn
 
 from boxdepth.models.fcos import compute_locations
 from boxdepth.ops.pairwise import aligned_bilinear
+from boxdepth.ops.precision import at_least_float32, float32_region
 
 
 def layer_shapes(in_channels: int, channels: int, num_layers: int, depth_head: bool) -> list[tuple[int, int]]:
@@ -87,6 +88,16 @@ class DynamicMaskHead(nn.Module):
             zero = mask_feats.sum() * 0 + params.sum() * 0
             empty = zero + mask_feats.new_zeros(0, 1, h * factor, w * factor)
             return {"mask_logits": empty, "depth_logits": empty.clone() if self.depth_head else None}
+        # float32 even under AMP (engine/amp.py): the logits feed the pairwise term through
+        # neighbour differences, which bf16/fp16 would quantise; the head is a few 8-channel
+        # 1x1 convs, so this costs nothing measurable
+        with float32_region(mask_feats.device):
+            return self._run(at_least_float32(mask_feats), mask_feat_stride, im_inds, locations,
+                             fpn_levels, at_least_float32(params), factor)
+
+    def _run(self, mask_feats, mask_feat_stride, im_inds, locations, fpn_levels, params, factor) -> dict:
+        _, c, h, w = mask_feats.shape
+        n = len(im_inds)
         rel = self.relative_coords(locations, fpn_levels, h, w, mask_feat_stride).to(mask_feats.dtype)
         x = torch.cat([rel, mask_feats[im_inds].reshape(n, c, h * w)], dim=1).reshape(1, -1, h, w)
         weights, biases = split_params(params, self.shapes)

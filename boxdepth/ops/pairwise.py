@@ -18,6 +18,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from boxdepth.ops.precision import float32_region
+
 # sRGB (D65) -> XYZ, the matrix skimage.color uses (IEC 61966-2-1 with
 # skimage's rounding), and the D65 2-degree reference white.
 _XYZ_FROM_RGB = (
@@ -77,7 +79,9 @@ def rgb_to_lab(rgb: torch.Tensor) -> torch.Tensor:
     lin = _srgb_to_linear(rgb.to(dtype) / 255.0)
     m = torch.tensor(_XYZ_FROM_RGB, dtype=dtype, device=rgb.device)
     white = torch.tensor(_D65_WHITE, dtype=dtype, device=rgb.device)
-    xyz = torch.einsum("ij,njhw->nihw", m, lin) / white.view(1, 3, 1, 1)
+    # outside autocast: under bf16 AMP the einsum would round XYZ to 3 significant digits
+    with float32_region(rgb.device):
+        xyz = torch.einsum("ij,njhw->nihw", m, lin) / white.view(1, 3, 1, 1)
     f = _lab_f(xyz)
     fx, fy, fz = f[:, 0], f[:, 1], f[:, 2]
     return torch.stack((116.0 * fy - 16.0, 500.0 * (fx - fy), 200.0 * (fy - fz)), dim=1)

@@ -21,8 +21,6 @@ values 0..255); ImageNet mean/std (the SPEC §0 default) is close to that.
 """
 from __future__ import annotations
 
-import math
-
 import torch.nn.functional as F
 from torch import nn
 
@@ -47,7 +45,11 @@ class Conv2dSame(nn.Conv2d):
         pads = []
         for size, k, s in zip(reversed(x.shape[-2:]), reversed(self.kernel_size),
                               reversed(self.stride)):
-            total = max((math.ceil(size / s) - 1) * s + k - size, 0)
+            # = max((ceil(size / s) - 1) * s + k - size, 0), written through size % s so that
+            # a tracer (TorchScript, ONNX) records no size arithmetic: the pads depend only on
+            # size % s, the same for every input whose sides are multiples of 32
+            rem = size % s
+            total = max(k - (s if rem == 0 else rem), 0)
             pads += [total // 2, total - total // 2]
         return super().forward(F.pad(x, pads) if any(pads) else x)
 
