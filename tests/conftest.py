@@ -40,3 +40,21 @@ def tiny_config(data_dir: Path, *overrides: str, depth: bool = False):
     if depth:
         base.append(f"data.depth_root={data_dir / 'depth'}")
     return load_config(None, base + TINY_MODEL + list(overrides))
+
+
+def save_untrained_checkpoint(path: Path, cfg, cat_ids: list[int], names: list[str]) -> Path:
+    """An untrained model of `cfg` saved as a checkpoint, with its class scores spread and
+    its boxes given some size so that inference has detections to work with."""
+    import torch
+
+    from boxdepth.models.build import build_model
+
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    with torch.no_grad():
+        model.fcos_head.cls_logits.weight.mul_(200.0)
+        model.fcos_head.cls_logits.bias.zero_()
+        model.fcos_head.bbox_pred.bias.fill_(1.0)
+    torch.save({"model": model.state_dict(), "config": cfg.to_dict(),
+                "meta": {"cat_ids": cat_ids, "class_names": names}}, path)
+    return path

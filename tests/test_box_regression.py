@@ -9,7 +9,6 @@ stride to each side.
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest

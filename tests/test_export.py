@@ -20,7 +20,7 @@ from boxdepth.export.exporter import export_model
 from boxdepth.export.graph import output_names
 from boxdepth.export.runner import ExportedModel, run_exported_predict
 from boxdepth.models.build import build_model
-from tests.conftest import SHARED_DATA, tiny_config
+from tests.conftest import SHARED_DATA, save_untrained_checkpoint, tiny_config
 
 PHOTOS = sorted((SHARED_DATA / "voc3-coco" / "JPEGImages").glob("*.jpg"))[:2] + \
     sorted((SHARED_DATA / "tabletop-rgbd").glob("*-color.png"))[:1]
@@ -31,22 +31,11 @@ TINY = ["model.backbone.name=small", "model.backbone.norm=BN", "model.backbone.f
         "input.min_size_test=96", "input.max_size_test=160", "model.fcos.post_nms_topk=20"]
 
 
-def _make_ckpt(path: Path, cfg, cat_ids, names) -> Path:
-    torch.manual_seed(0)
-    model = build_model(cfg)
-    with torch.no_grad():  # spread the untrained scores and give the boxes some size
-        model.fcos_head.cls_logits.weight.mul_(200.0)
-        model.fcos_head.cls_logits.bias.zero_()
-        model.fcos_head.bbox_pred.bias.fill_(1.0)
-    torch.save({"model": model.state_dict(), "config": cfg.to_dict(),
-                "meta": {"cat_ids": cat_ids, "class_names": names}}, path)
-    return path
-
-
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
     cfg = load_config(None, TINY + ["model.fcos.num_classes=3", "model.depth_head=true"])
-    return _make_ckpt(tmp_path_factory.mktemp("exp") / "tiny.pth", cfg, [1, 5, 9], ["a", "b", "c"])
+    return save_untrained_checkpoint(tmp_path_factory.mktemp("exp") / "tiny.pth", cfg, [1, 5, 9],
+                                     ["a", "b", "c"])
 
 
 def _batch(path: Path, min_size: int, max_size: int) -> dict:
@@ -153,7 +142,8 @@ def test_runner_gives_pytorch_mask_ap_on_synthetic_val(tiny_synth, tmp_path, fmt
     # BN: GN(32) refuses P7's single value per group at the tiny test size
     cfg = tiny_config(tiny_synth, "model.backbone.norm=BN", "model.fcos.norm=BN",
                       f"model.fcos.num_classes={dataset.num_classes}", "model.fcos.post_nms_topk=20")
-    ckpt_path = _make_ckpt(tmp_path / "synth.pth", cfg, list(dataset.cat_ids), list(dataset.class_names))
+    ckpt_path = save_untrained_checkpoint(tmp_path / "synth.pth", cfg, list(dataset.cat_ids),
+                                          list(dataset.class_names))
     model, _, _ = load_trained_model(ckpt_path)
     ref = evaluate_model(model, dataset, cfg.data.val_json, torch.device("cpu"),
                          metrics_path=tmp_path / "ref" / "metrics.json", progress=False)

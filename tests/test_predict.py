@@ -15,8 +15,8 @@ from boxdepth.data.image_io import BadImageError, load_image_rgb
 from boxdepth.data.transforms import TestTransform
 from boxdepth.engine.inference import load_trained_model
 from boxdepth.engine.predict import collect_images, output_names, run_predict
-from boxdepth.models.build import build_model
 from boxdepth.models.condinst import postprocess_detections
+from tests.conftest import save_untrained_checkpoint
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 TINY = ["model.backbone.name=small", "model.backbone.norm=BN", "model.backbone.freeze_at=0",
@@ -31,16 +31,8 @@ CAT_IDS, NAMES = [1, 5, 9], ["a", "b", "c"]
 
 
 def _make_ckpt(path: Path, depth_head: bool) -> Path:
-    torch.manual_seed(0)
     cfg = load_config(None, TINY + [f"model.depth_head={str(depth_head).lower()}"])
-    model = build_model(cfg)
-    with torch.no_grad():  # spread the untrained scores and give the boxes some size
-        model.fcos_head.cls_logits.weight.mul_(200.0)
-        model.fcos_head.cls_logits.bias.zero_()
-        model.fcos_head.bbox_pred.bias.fill_(1.0)
-    torch.save({"model": model.state_dict(), "config": cfg.to_dict(),
-                "meta": {"cat_ids": CAT_IDS, "class_names": NAMES}}, path)
-    return path
+    return save_untrained_checkpoint(path, cfg, CAT_IDS, NAMES)
 
 
 @pytest.fixture(scope="module")

@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageDraw
+from PIL import Image
 from scipy.ndimage import binary_erosion
 from tqdm import tqdm
 
@@ -50,7 +50,7 @@ from boxdepth.data.depth_io import depth_path_for, load_depth_png
 from boxdepth.data.image_io import load_image_rgb
 from boxdepth.losses.depth import depth_similarity
 from boxdepth.ops.pairwise import color_similarity, neighbour_mask, rgb_to_lab
-from boxdepth.viz.draw import (colorize_affinity, colorize_depth, load_font, make_panel,
+from boxdepth.viz.draw import (colorize_affinity, colorize_depth, make_panel,
                                note_tile, overlay_instances, save_png)
 
 log = logging.getLogger("boxdepth")
