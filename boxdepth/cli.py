@@ -270,7 +270,8 @@ def cmd_label(args: argparse.Namespace) -> int:
     summary = run_label(model, json_path=args.json, images_root=args.images, out_path=args.out,
                         depth_root=args.depth, batch_size=args.batch_size, device=device,
                         progress=not args.quiet, min_box_size=cfg.data.min_box_size,
-                        min_iou=args.min_iou, **label_options(cfg))
+                        min_iou=args.min_iou, resume=args.resume, weights=args.weights,
+                        **label_options(cfg))
     print(format_label_summary(summary))
     return 0
 
@@ -295,6 +296,8 @@ def add_label_qa_parsers(sub) -> None:
     s.add_argument("--batch-size", type=int, default=4)
     s.add_argument("--min-iou", type=float, default=0.3,
                    help="least box IoU of a box and the prediction that labels it (default 0.3)")
+    s.add_argument("--resume", action="store_true",
+                   help="take up the images a stopped run already labelled (<out>.partial.jsonl)")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_label)
 

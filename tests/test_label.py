@@ -187,7 +187,7 @@ def test_run_label_keeps_everything_and_names_bad_images(tmp_path, caplog):
     assert summary["model"] + summary["box"] == 4 and summary["crowd"] == 1 and summary["invalid_box"] == 1
 
 
-def test_failure_mid_way_leaves_the_existing_output(tmp_path, monkeypatch):
+def _fail_on_the_second_batch(tmp_path, monkeypatch):
     json_path, root, _ = _dataset(tmp_path)
     out_path = tmp_path / "labelled.json"
     out_path.write_text("previous good output")
@@ -204,7 +204,31 @@ def test_failure_mid_way_leaves_the_existing_output(tmp_path, monkeypatch):
         run_label(_fake_model(), json_path=json_path, images_root=root, out_path=out_path,
                   batch_size=1, progress=False, **OPTS)
     assert out_path.read_text() == "previous good output"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["boxes.json", "images", "labelled.json"]
+    journal = tmp_path / "labelled.json.partial.jsonl"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["boxes.json", "images", "labelled.json",
+                                                          journal.name]
+    return json_path, root, out_path
+
+
+def test_failure_mid_way_leaves_the_existing_output(tmp_path, monkeypatch):
+    _fail_on_the_second_batch(tmp_path, monkeypatch)
+
+
+def test_resume_takes_up_the_labelled_images(tmp_path, monkeypatch):
+    json_path, root, out_path = _fail_on_the_second_batch(tmp_path, monkeypatch)
+    monkeypatch.undo()
+    with open(tmp_path / "labelled.json.partial.jsonl", "a") as f:
+        f.write('{"image_id": 11, "labels": [{"ind')  # a line cut short by the crash
+    model = _fake_model()
+    s = run_label(model, json_path=json_path, images_root=root, out_path=out_path, batch_size=1,
+                  progress=False, resume=True, **OPTS)
+    assert s["resumed_images"] == 1 and model.calls == 2  # image 10 from the journal; 11 and 14 run
+    assert not (tmp_path / "labelled.json.partial.jsonl").exists()
+    fresh = tmp_path / "fresh.json"
+    run_label(_fake_model(), json_path=json_path, images_root=root, out_path=fresh, batch_size=1,
+              progress=False, **OPTS)
+    assert json.loads(out_path.read_text()) == json.loads(fresh.read_text())
+    assert s["model"] + s["box"] == 4
 
 
 def test_bad_json_is_named(tmp_path):

@@ -16,11 +16,13 @@ the size the json says; it is named in a warning and the run goes on) or "invali
 (a box training would drop too: outside the image or thinner than `min_box_size`).
 
 The output is written once at the end, atomically (temp file + rename): an interrupted
-or failed run leaves an existing output untouched. Images with pseudo depth (a map at
+or failed run leaves an existing output untouched. Meanwhile each labelled image goes to
+a journal beside it (`<out>.partial.jsonl`, `label.progress`) that `resume=True` takes
+up again; a finished run deletes it. Images with pseudo depth (a map at
 `depth_root/<file_name with .png>`) are matched depth-aware; an image whose map is
 missing or unreadable is matched by IoU + score, with a warning.
 
-summary: {"images", "labelled_images", "annotations", "model", "box", "missing_image",
+summary: {"images", "resumed_images", "labelled_images", "annotations", "model", "box", "missing_image",
 "invalid_box", "crowd", "depth_images", "missing_images" [paths], "out", "seconds"}.
 """
 from __future__ import annotations
@@ -38,6 +40,7 @@ from boxdepth.data.image_io import BadImageError, load_image_rgb
 from boxdepth.data.rle import mask_to_rle, rle_area
 from boxdepth.fileio import atomic_write_json
 from boxdepth.label.model_masks import label_batch
+from boxdepth.label.progress import LabelJournal, job_fingerprint
 
 log = logging.getLogger("boxdepth")
 
@@ -98,17 +101,48 @@ def _load_item(rec: dict, images_root: Path, depth_root: Path | None) -> tuple[d
     return {"image": image, "d01": d01, "boxes": rec["boxes"]}, None
 
 
-def _write_labels(anns: list, indices: list[int], res: dict) -> None:
+def _image_labels(indices: list[int], res: dict) -> list[dict]:
+    """The fields each annotation (by its index in the json) gets."""
     masks = res["masks"].cpu().numpy()
+    labels = []
     for j, k in enumerate(indices):
         rle = mask_to_rle(masks[j])
-        anns[k].update(segmentation=rle, area=rle_area(rle),
-                       mask_score=round(float(res["score"][j]), 6), mask_source=res["source"][j])
+        labels.append({"index": k, "segmentation": rle, "area": rle_area(rle),
+                       "mask_score": round(float(res["score"][j]), 6), "mask_source": res["source"][j]})
+    return labels
+
+
+def _apply(anns: list, labels: list[dict], counts: dict) -> None:
+    for lab in labels:
+        anns[lab["index"]].update({k: v for k, v in lab.items() if k != "index"})
+        counts[lab["mask_source"]] += 1
+
+
+def _load_chunk(chunk: list[dict], images_root: Path, depth_root, kept: dict, anns: list, counts: dict,
+                missing: list) -> tuple[list[dict], list[int]]:
+    """label_batch items and image ids of the readable images; the others are named in a
+    warning and their annotations flagged "missing_image"."""
+    items, ids = [], []
+    for rec in chunk:
+        item, why = _load_item(rec, images_root, Path(depth_root) if depth_root else None)
+        if item is None:
+            log.warning("label: skipping %s: %s", rec["file_name"], why)
+            missing.append(str(images_root / rec["file_name"]))
+            for k in kept[rec["image_id"]]:
+                anns[k]["mask_source"] = "missing_image"
+            counts["missing_image"] += len(kept[rec["image_id"]])
+            continue
+        items.append(item)
+        ids.append(rec["image_id"])
+    return items, ids
 
 
 def run_label(model, *, json_path, images_root, out_path, depth_root=None, batch_size: int = 4,
-              device="cpu", progress: bool = True, min_box_size: float = 1.0, **options) -> dict:
-    """Label every box (module doc); returns the summary."""
+              device="cpu", progress: bool = True, min_box_size: float = 1.0, resume: bool = False,
+              weights=None, **options) -> dict:
+    """Label every box (module doc); returns the summary. `resume` takes up the images a
+    stopped run of the same job already labelled (`label.progress`); `weights` only
+    identifies the job."""
     t0 = time.perf_counter()
     json_path, images_root, out_path = Path(json_path), Path(images_root), Path(out_path)
     data = read_coco_json(json_path)
@@ -117,32 +151,32 @@ def run_label(model, *, json_path, images_root, out_path, depth_root=None, batch
     anns = out.get("annotations") or []
     for k in invalid:
         anns[k]["mask_source"] = "invalid_box"
-    todo = [r for r in records if len(r["boxes"])]
     counts = {"model": 0, "box": 0, "missing_image": 0, "depth_images": 0}
+    job = {**options, "min_box_size": min_box_size, "depth_root": str(depth_root)}
+    journal = LabelJournal(out_path, job_fingerprint(json_path, weights, job), resume=resume)
+    for labels in journal.done.values():
+        _apply(anns, labels, counts)
+    todo = [r for r in records if len(r["boxes"]) and r["image_id"] not in journal.done]
     missing: list[str] = []
     bar = tqdm(total=len(todo), desc="label", disable=not progress, dynamic_ncols=True)
-    for start in range(0, len(todo), max(int(batch_size), 1)):
-        chunk, items, idx = todo[start:start + max(int(batch_size), 1)], [], []
-        for rec in chunk:
-            item, why = _load_item(rec, images_root, Path(depth_root) if depth_root else None)
-            if item is None:
-                log.warning("label: skipping %s: %s", rec["file_name"], why)
-                missing.append(str(images_root / rec["file_name"]))
-                for k in kept[rec["image_id"]]:
-                    anns[k]["mask_source"] = "missing_image"
-                counts["missing_image"] += len(kept[rec["image_id"]])
-                continue
-            items.append(item)
-            idx.append(kept[rec["image_id"]])
-        for res, indices in zip(label_batch(model, items, device=device, **options), idx):
-            _write_labels(anns, indices, res)
-            counts["depth_images"] += int(res["depth_match"])
-            for s in res["source"]:
-                counts[s] += 1
-        bar.update(len(chunk))
-    bar.close()
+    step = max(int(batch_size), 1)
+    try:
+        for start in range(0, len(todo), step):
+            chunk = todo[start:start + step]
+            items, ids = _load_chunk(chunk, images_root, depth_root, kept, anns, counts, missing)
+            for res, image_id in zip(label_batch(model, items, device=device, **options), ids):
+                labels = _image_labels(kept[image_id], res)
+                journal.add(image_id, labels)
+                _apply(anns, labels, counts)
+                counts["depth_images"] += int(res["depth_match"])
+            bar.update(len(chunk))
+    finally:
+        bar.close()
+        journal.close()
     atomic_write_json(out_path, out, indent=None)
-    return {"images": len(records), "labelled_images": len(todo) - len(missing),
+    journal.finish()
+    return {"images": len(records), "resumed_images": len(journal.done),
+            "labelled_images": len(todo) - len(missing) + len(journal.done),
             "annotations": len(anns), **counts, "invalid_box": len(invalid), "crowd": crowd,
             "missing_images": missing, "out": str(out_path),
             "seconds": round(time.perf_counter() - t0, 2)}
