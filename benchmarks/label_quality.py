@@ -9,12 +9,14 @@ On the embedded synthetic set (its val.json has the true masks):
      mask (the figure a mask labeller must beat); Spearman rho between mask_score and the
      true IoU; run `qa` on the depth-aware labels and measure its top-k precision at
      finding masks with true IoU < 0.5 (against that share over all boxes).
-  4. `--voc DIR`: label a COCO folder with polygons (images in DIR/JPEGImages, json
+  4. `--train-split`: the same on the train split (its masks in train_masks.json), the
+     split on which qa's rank weights were chosen; val is the held-out check.
+  5. `--voc DIR`: label a COCO folder with polygons (images in DIR/JPEGImages, json
      DIR/annotations.json) with the same model, score it the same way, run `qa` and copy
      its contact sheet to benchmarks/results/label_quality_voc_contact_<date>.png.
 
     python benchmarks/label_quality.py [--work runs/label_bench] [--data DIR] [--weights CKPT]
-        [--max-iter 250] [--device cpu] [--voc ../shared/data/voc3-coco] [--out FILE]
+        [--max-iter 250] [--device cpu] [--train-split] [--voc ../shared/data/voc3-coco] [--out FILE]
 
 Prints the numbers and writes benchmarks/results/label_quality_<date>.json (or --out)
 with the command, the environment and every figure.
@@ -149,6 +151,9 @@ def main(argv=None) -> dict:
     p.add_argument("--max-iter", type=int, default=250, help="training iterations (default: the demo's 250)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--voc", type=Path, default=None, help="also label this COCO folder (voc3-coco layout)")
+    p.add_argument("--train-split", action="store_true",
+                   help="also label and qa the train split (train_masks.json): the split qa's rank "
+                        "weights were chosen on")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
     import torch
@@ -171,6 +176,12 @@ def main(argv=None) -> dict:
             model, cfg, gt_json=data / "val.json", box_json=box_json, images=data / "images", depth=depth,
             out_json=args.work / f"val_labelled_{name}.json", device=args.device,
             qa_dir=args.work / f"qa_{name}" if name == "depth" else None)
+    if args.train_split:
+        report["synth_train_depth"] = label_and_score(
+            model, cfg, gt_json=data / "train_masks.json",
+            box_json=box_input(data / "train_masks.json", args.work / "train_boxes.json"),
+            images=data / "images", depth=data / "depth", out_json=args.work / "train_labelled.json",
+            device=args.device, qa_dir=args.work / "qa_train")
     if args.voc is not None:
         voc = report["voc"] = label_and_score(
             model, cfg, gt_json=args.voc / "annotations.json", box_json=args.voc / "annotations.json",
