@@ -113,12 +113,17 @@ def summarize_labels(rows: list[dict]) -> dict:
 
 
 def qa_precision(qa_rows: list[dict], truth: list[dict]) -> dict:
+    """Share of masks with true IoU < 0.5 among qa's top k, and among the k lowest
+    mask_scores (box fills count as 0), for comparison."""
     iou = {r["id"]: r["iou"] for r in truth}
     bad = [iou[r["annotation_id"]] < BAD_IOU for r in qa_rows]
+    by_score = sorted(truth, key=lambda r: r["mask_score"] if r["mask_source"] == "model" else 0.0)
+    bad_by_score = [r["iou"] < BAD_IOU for r in by_score if r["mask_score"] is not None]
     out = {"base_rate": float(np.mean(bad)) if bad else None}
     for k in TOP_K:
         if len(bad) >= k:
             out[f"precision_at_{k}"] = float(np.mean(bad[:k]))
+            out[f"score_only_precision_at_{k}"] = float(np.mean(bad_by_score[:k]))
     return out
 
 
