@@ -316,7 +316,59 @@ def build_parser() -> argparse.ArgumentParser:
                    help="config override for every variant, e.g. --set solver.max_iter=200")
     s.add_argument("--quiet", action="store_true", help="no progress bars")
     s.set_defaults(func=cmd_demo)
+    add_label_qa_parsers(sub)
     return p
+
+
+def cmd_label(args: argparse.Namespace) -> int:
+    from boxdepth.config import load_config
+    from boxdepth.engine.dist import resolve_device
+    from boxdepth.engine.inference import load_trained_model
+    from boxdepth.label.run import format_label_summary, label_options, run_label
+
+    cfg = load_config(args.config, args.overrides)
+    device = resolve_device(args.device or cfg.device)
+    model, cfg, _ = load_trained_model(args.weights, device, cfg)
+    summary = run_label(model, json_path=args.json, images_root=args.images, out_path=args.out,
+                        depth_root=args.depth, batch_size=args.batch_size, device=device,
+                        progress=not args.quiet, min_box_size=cfg.data.min_box_size,
+                        min_iou=args.min_iou, resume=args.resume, weights=args.weights,
+                        **label_options(cfg))
+    print(format_label_summary(summary))
+    return 0
+
+
+def cmd_qa(args: argparse.Namespace) -> int:
+    from boxdepth.label.qa_report import format_qa_summary, run_qa
+
+    print(format_qa_summary(run_qa(args.json, args.images, args.out, top=args.top)))
+    return 0
+
+
+def add_label_qa_parsers(sub) -> None:
+    s = sub.add_parser("label", help="model masks for the boxes of a COCO json (-> a labelled json)")
+    s.add_argument("config", help="YAML config of the model (its distill.teacher_size is the scale)")
+    s.add_argument("overrides", nargs="*", help="key=value config overrides")
+    s.add_argument("--weights", required=True, type=Path, help="checkpoint")
+    s.add_argument("--json", required=True, type=Path, help="COCO json with the boxes")
+    s.add_argument("--images", required=True, type=Path, help="image root of the json's file_names")
+    s.add_argument("--depth", type=Path, default=None, help="pseudo-depth root: depth-aware S_match")
+    s.add_argument("--out", required=True, type=Path, help="labelled COCO json to write")
+    s.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N (default: the config's)")
+    s.add_argument("--batch-size", type=int, default=4)
+    s.add_argument("--min-iou", type=float, default=0.3,
+                   help="least box IoU of a box and the prediction that labels it (default 0.3)")
+    s.add_argument("--resume", action="store_true",
+                   help="take up the images a stopped run already labelled (<out>.partial.jsonl)")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(func=cmd_label)
+
+    s = sub.add_parser("qa", help="rank the annotations of a labelled json most likely wrong")
+    s.add_argument("--json", required=True, type=Path, help="labelled COCO json (boxdepth label)")
+    s.add_argument("--images", required=True, type=Path, help="image root (for the contact sheet)")
+    s.add_argument("--out", required=True, type=Path, help="folder for qa.csv, qa.json, qa_contact.png")
+    s.add_argument("--top", type=int, default=24, help="crops on the contact sheet (default 24)")
+    s.set_defaults(func=cmd_qa)
 
 
 def parse_cli(argv: list[str] | None = None) -> argparse.Namespace:
@@ -326,7 +378,7 @@ def parse_cli(argv: list[str] | None = None) -> argparse.Namespace:
     args, extra = parser.parse_known_args(argv)
     if extra:
         takes_overrides = isinstance(getattr(args, "overrides", None), list) and \
-            args.command in ("train", "eval", "export")
+            args.command in ("train", "eval", "export", "label")
         stray = [e for e in extra if not (takes_overrides and "=" in e and not e.startswith("-"))]
         if stray:
             parser.error(f"unrecognized arguments: {' '.join(stray)}")

@@ -2,7 +2,8 @@
 
 `mask_to_rle(mask)`: bool/uint8 (H, W) -> {"size": [H, W], "counts": str} (utf-8 counts,
 as the COCO results format and json need). `segmentation_to_mask(seg, h, w)` accepts
-polygons, uncompressed RLE or compressed RLE and returns uint8 (H, W) in {0, 1}.
+polygons, uncompressed RLE or compressed RLE and returns uint8 (H, W) in {0, 1};
+`segmentation_area(seg, h, w)` is its pixel count without decoding the mask.
 """
 from __future__ import annotations
 
@@ -30,21 +31,31 @@ def rle_area(rle: dict) -> int:
     return int(_mask_api().area(r))
 
 
-def segmentation_to_mask(seg, height: int, width: int) -> np.ndarray:
+def _to_compressed_rle(seg, height: int, width: int) -> dict | None:
+    """Any COCO segmentation -> pycocotools' compressed RLE (None for an empty polygon list)."""
     mu = _mask_api()
     if isinstance(seg, list):
-        if not seg:
-            return np.zeros((height, width), np.uint8)
-        rle = mu.merge(mu.frPyObjects(seg, height, width))
-    elif isinstance(seg, dict) and isinstance(seg.get("counts"), list):
-        rle = mu.frPyObjects(seg, height, width)
-    elif isinstance(seg, dict) and "counts" in seg:
+        return mu.merge(mu.frPyObjects(seg, height, width)) if seg else None
+    if isinstance(seg, dict) and isinstance(seg.get("counts"), list):
+        return mu.frPyObjects(seg, height, width)
+    if isinstance(seg, dict) and "counts" in seg:
         rle = dict(seg)
         if isinstance(rle["counts"], str):
             rle["counts"] = rle["counts"].encode("utf-8")
-    else:
-        raise ValueError(f"unsupported segmentation of type {type(seg).__name__}")
-    return mu.decode(rle).astype(np.uint8)
+        return rle
+    raise ValueError(f"unsupported segmentation of type {type(seg).__name__}")
+
+
+def segmentation_to_mask(seg, height: int, width: int) -> np.ndarray:
+    rle = _to_compressed_rle(seg, height, width)
+    if rle is None:
+        return np.zeros((height, width), np.uint8)
+    return _mask_api().decode(rle).astype(np.uint8)
+
+
+def segmentation_area(seg, height: int, width: int) -> int:
+    rle = _to_compressed_rle(seg, height, width)
+    return 0 if rle is None else int(_mask_api().area(rle))
 
 
 def mask_to_xywh(mask: np.ndarray) -> list[float]:

@@ -4,6 +4,7 @@
     panels.py      `boxdepth viz`: image | pseudo depth | affinities | masks | instance depth
     pseudo.py      the self-distillation pseudo-mask tile (teacher matches of GT boxes)
     demo_panel.py  the demo's ground truth vs each variant's masks
+    contact_sheet.py  crops with box, mask and caption in a grid (`boxdepth qa`)
 
-The dependency order is draw <- pseudo <- panels; demo_panel uses draw only.
+The dependency order is draw <- pseudo <- panels; demo_panel and contact_sheet use draw only.
 """
