@@ -120,7 +120,10 @@ def color_similarity(lab: torch.Tensor, image_mask: torch.Tensor, kernel_size: i
             f"got {tuple(lab.shape)}"
         )
     neighbours = unfold_wo_center(lab, kernel_size, dilation)
-    dist = torch.linalg.vector_norm(lab[:, :, None] - neighbours, dim=1)
+    # sqrt of the per-channel sum, not linalg.vector_norm(dim=1): torch's CPU norm kernel
+    # reduces this strided 5-D view ~100x slower (measured 54 ms vs 0.4 ms for a batch of
+    # 8 at 56x80, 3x3 dilation 2), which made it the largest loss cost of a demo step
+    dist = sum((lab[:, c, None] - neighbours[:, c]).square() for c in range(3)).sqrt()
     return torch.exp(-0.5 * dist) * neighbour_mask(image_mask, lab, kernel_size, dilation)
 
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import nn
 
-from boxdepth.models.norm import freeze_module, get_norm
+from boxdepth.models.norm import FrozenBatchNorm2d, freeze_module, get_norm
 
 BN_EPS = 1e-3  # TF EfficientNet's batch_norm_epsilon; the weights' statistics assume it
 # (kernel, stride, expand ratio, out channels, repeats) per stage, EfficientNet-B0
@@ -41,7 +41,13 @@ class Conv2dSame(nn.Conv2d):
     def __init__(self, in_ch: int, out_ch: int, kernel: int, *, stride: int = 1, groups: int = 1):
         super().__init__(in_ch, out_ch, kernel, stride=stride, groups=groups, bias=False)
 
-    def forward(self, x):
+    def forward(self, x, bn: nn.Module | None = None):
+        """conv(x), or bn(conv(x)) computed as one convolution when `bn` is given: a
+        FrozenBatchNorm2d after a frozen conv is folded into its weights and bias."""
+        weight, bias = self.weight, None
+        if bn is not None:
+            scale, bias = bn.scale_shift()
+            weight = weight * scale.view(-1, 1, 1, 1).to(weight.dtype)
         pads = []
         for size, k, s in zip(reversed(x.shape[-2:]), reversed(self.kernel_size),
                               reversed(self.stride)):
@@ -51,7 +57,11 @@ class Conv2dSame(nn.Conv2d):
             rem = size % s
             total = max(k - (s if rem == 0 else rem), 0)
             pads += [total // 2, total - total // 2]
-        return super().forward(F.pad(x, pads) if any(pads) else x)
+        if pads[0] == pads[1] and pads[2] == pads[3]:
+            # symmetric (every stride-1 conv): the convolution's own zero padding gives the
+            # same output without F.pad's padded copy of the input
+            return F.conv2d(x, weight, bias, self.stride, (pads[2], pads[0]), 1, self.groups)
+        return F.conv2d(F.pad(x, pads), weight, bias, self.stride, 0, 1, self.groups)
 
 
 class MBConv(nn.Module):
@@ -74,10 +84,23 @@ class MBConv(nn.Module):
     def forward(self, x):
         out = x
         if self.has_expand:
-            out = F.relu6(self.bn0(self.expand_conv(out)))
-        out = F.relu6(self.bn1(self.depthwise_conv(out)))
-        out = self.bn2(self.project_conv(out))
+            out = _relu6(conv_bn(self.expand_conv, self.bn0, out))
+        out = _relu6(conv_bn(self.depthwise_conv, self.bn1, out))
+        out = conv_bn(self.project_conv, self.bn2, out)
         return out + x if self.has_skip else out
+
+
+def conv_bn(conv: Conv2dSame, bn: nn.Module, x):
+    """bn(conv(x)); one folded convolution where both are fixed (the frozen stages: on a
+    CPU their full-resolution maps make a separate BN pass cost as much as the conv)."""
+    if isinstance(bn, FrozenBatchNorm2d) and not conv.weight.requires_grad:
+        return conv(x, bn)
+    return bn(conv(x))
+
+
+def _relu6(x):
+    # in place where no gradient flows (frozen stages): saves a full-size copy per layer
+    return F.relu6(x, inplace=not x.requires_grad)
 
 
 class EfficientNetLite0(nn.Module):
@@ -114,7 +137,7 @@ class EfficientNetLite0(nn.Module):
                 freeze_module(block)
 
     def forward(self, x):
-        x = F.relu6(self.bn0(self.conv_stem(x)))
+        x = _relu6(conv_bn(self.conv_stem, self.bn0, x))
         taps = {STAGE_ENDS[k]: k for k in ("res3", "res4", "res5")}
         out = {}
         for i, block in enumerate(self.blocks):
