@@ -29,18 +29,10 @@ from pathlib import Path
 import torch
 
 from boxdepth import demo
+from boxdepth.demo import scaled_schedule  # noqa: F401  (the schedule rule lives with the demo)
 from boxdepth.fileio import atomic_write_json
 from boxdepth.viz.chart import line_chart
 from boxdepth.viz.draw import save_png
-
-
-def scaled_schedule(budget: int, base_warmup: int = 50) -> list[str]:
-    """The demo config's schedule (250 iterations) at another budget."""
-    steps = [round(0.72 * budget), round(0.92 * budget)]
-    return [f"solver.max_iter={budget}", f"solver.steps=[{steps[0]},{steps[1]}]",
-            f"solver.warmup_iters={min(base_warmup, round(0.2 * budget))}",
-            f"loss.boxinst.warmup_iters={round(0.4 * budget)}", f"distill.start_iter={steps[0]}",
-            f"solver.checkpoint_period={max(budget // 5, 1)}"]
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:

@@ -173,8 +173,9 @@ def cmd_convert(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from boxdepth.demo import run_demo
 
-    run_demo(out_dir=args.out, seeds=args.seeds, variants=args.variants, extra=args.overrides,
-             progress=not args.quiet)
+    out = args.out or Path("runs/demo-full" if args.full else "runs/demo")
+    run_demo(out_dir=out, seeds=args.seeds, variants=args.variants, extra=args.overrides,
+             progress=not args.quiet, full=args.full)
     return 0
 
 
@@ -305,13 +306,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_convert)
 
     s = sub.add_parser("demo", help="the main job on the embedded synthetic dataset")
-    s.add_argument("--out", type=Path, default=Path("runs/demo"), help="run folder (default runs/demo)")
-    from boxdepth.demo import DEFAULT_SEEDS, DEFAULT_VARIANTS
+    s.add_argument("--out", type=Path, default=None,
+                   help="run folder (default runs/demo, with --full runs/demo-full)")
+    from boxdepth.demo import DEFAULT_SEEDS, DEFAULT_VARIANTS, FULL_BUDGET, FULL_SEEDS, VARIANTS
 
-    s.add_argument("--seeds", type=int, default=DEFAULT_SEEDS,
-                   help=f"repeat every variant with seeds 0..N-1 (default {DEFAULT_SEEDS})")
-    s.add_argument("--variants", nargs="+", default=None,
-                   help=f"variants to train (default, in table order: {' '.join(DEFAULT_VARIANTS)})")
+    s.add_argument("--full", action="store_true",
+                   help=f"the complete Table 3 (Table 3a/3b/3c and exact-depth rows) at {FULL_BUDGET} "
+                        f"iterations, {FULL_SEEDS} seeds: hours on a CPU, see the README")
+    s.add_argument("--seeds", type=int, default=None,
+                   help=f"repeat every variant with seeds 0..N-1 (default {DEFAULT_SEEDS}, "
+                        f"--full {FULL_SEEDS})")
+    s.add_argument("--variants", nargs="+", default=None, choices=list(VARIANTS), metavar="VARIANT",
+                   help=f"variants to train (default, in table order: {' '.join(DEFAULT_VARIANTS)}; "
+                        f"all: {' '.join(VARIANTS)})")
     s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override for every variant, e.g. --set solver.max_iter=200")
     s.add_argument("--quiet", action="store_true", help="no progress bars")

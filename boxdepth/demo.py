@@ -25,7 +25,8 @@ from boxdepth.fileio import atomic_write_json, atomic_write_text
 
 DEMO_DATA = dict(n_train=300, n_val=100, size=(256, 192), seed=0, camouflage=0.3, depth_error=1.0)
 DEMO_CONFIG = "synth_boxinst"
-# variant -> config overrides ({data} is the dataset folder). Same budget for all.
+# variant -> config overrides ({data}: the dataset folder; {exact}: the same images with
+# exact depth, `boxdepth synth --depth-error 0`). Same budget for all.
 _DEPTH = "data.depth_root={data}/depth"
 _FULL = [_DEPTH, "model.depth_head=true", "loss.depth_consistency.weight=1.0"]
 VARIANTS: dict[str, list[str]] = {
@@ -39,23 +40,47 @@ VARIANTS: dict[str, list[str]] = {
     "distill_match": [*_FULL, "distill.enabled=true", "distill.match=depth"],
     "mask_supervised": ["loss.mode=mask", "data.train_json={data}/train_masks.json"],
 }
-# what `boxdepth demo` runs without --variants: Table 3a, then Table 3c, then the upper bound
-DEFAULT_VARIANTS = ["boxinst", "boxinst+cons", "boxinst+dg", "boxinst+cons+dg", "distill_iou",
-                    "distill_match", "mask_supervised"]
-DEFAULT_SEEDS = 2
+# Table 3b: tau_d of L_cons on the both row; and the depth rows again on exact depth, to
+# tell the method from our pseudo-depth degradation
+VARIANTS.update({f"boxinst+cons+dg@tau{t}": [*_FULL, f"loss.depth_consistency.tau={t}"]
+                 for t in ("0.3", "0.7")})
+VARIANTS.update({f"{n}@exact": [o.replace("{data}/depth", "{exact}/depth") for o in VARIANTS[n]]
+                 for n in ("boxinst+cons", "boxinst+dg", "boxinst+cons+dg", "distill_match")})
+FULL_METHOD = "distill_match"  # the paper's full method: L_cons + DG head + self-distillation
+# `boxdepth demo` (the newcomer's ~10 minutes): BoxInst, the full method, the upper bound
+DEFAULT_VARIANTS = ["boxinst", FULL_METHOD, "mask_supervised"]
+DEFAULT_SEEDS = 1
+# `boxdepth demo --full`: Table 3a/3b/3c and the exact-depth rows at FULL_BUDGET, 3 seeds
+FULL_VARIANTS = ["boxinst", "boxinst+cons", "boxinst+dg", "boxinst+cons+dg", "boxinst+cons+dg@tau0.3",
+                 "boxinst+cons+dg@tau0.7", "distill_iou", "distill_match", "mask_supervised",
+                 "boxinst+cons@exact", "boxinst+dg@exact", "boxinst+cons+dg@exact", "distill_match@exact"]
+FULL_SEEDS = 3
+FULL_BUDGET = 1000
 # rows computed from another variant's model: name -> (source variant, evaluation option)
 DERIVED = {"box_as_mask": "boxinst"}
 METRIC_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+# a distillation iteration's cost in plain iterations, until a run of this demo measures it
+DISTILL_COST_PRIOR = 1.6
 
 
-def prepare_demo_data(out_dir: Path, data: dict | None = None,
-                      progress: bool = True) -> tuple[Path, dict]:
+def scaled_schedule(budget: int, base_warmup: int = 50) -> list[str]:
+    """The demo config's schedule (250 iterations) at another budget: LR decays at 72 % and
+    92 %, warm-up 20 % capped at the config's, pairwise ramp 40 %, distillation from 72 %."""
+    steps = [round(0.72 * budget), round(0.92 * budget)]
+    return [f"solver.max_iter={budget}", f"solver.steps=[{steps[0]},{steps[1]}]",
+            f"solver.warmup_iters={min(base_warmup, round(0.2 * budget))}",
+            f"loss.boxinst.warmup_iters={round(0.4 * budget)}", f"distill.start_iter={steps[0]}",
+            f"solver.checkpoint_period={max(budget // 5, 1)}"]
+
+
+def prepare_demo_data(out_dir: Path, data: dict | None = None, progress: bool = True,
+                      name: str = "data") -> tuple[Path, dict]:
     """Generate (or reuse) the demo dataset (`data`: generator arguments, default
-    DEMO_DATA); returns (data_dir, summary)."""
+    DEMO_DATA) in <out_dir>/<name>; returns (data_dir, summary)."""
     from boxdepth.data.synthetic import generate_synthetic_dataset
 
     data = data or DEMO_DATA
-    data_dir = Path(out_dir) / "data"
+    data_dir = Path(out_dir) / name
     stamp = data_dir / "demo_settings.json"
     wanted = json.dumps({k: list(v) if isinstance(v, tuple) else v for k, v in data.items()},
                         sort_keys=True)
@@ -72,10 +97,15 @@ def data_overrides(data_dir: Path) -> list[str]:
             f"data.image_root={data_dir / 'images'}"]
 
 
+def exact_depth_dir(data_dir: Path) -> Path:
+    """Where the exact-depth copy of the demo data lives (beside `data_dir`)."""
+    return data_dir.parent / f"{data_dir.name}_exact"
+
+
 def variant_config(name: str, data_dir: Path, seed: int, extra: list[str] = ()):
     from boxdepth.config import load_config
 
-    overrides = [o.format(data=data_dir) for o in VARIANTS[name]]
+    overrides = [o.format(data=data_dir, exact=exact_depth_dir(data_dir)) for o in VARIANTS[name]]
     return load_config(DEMO_CONFIG, data_overrides(data_dir) + overrides + [f"seed={seed}", *extra])
 
 
@@ -222,29 +252,79 @@ def format_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def run_demo(out_dir: str | Path = "runs/demo", *, seeds: int = DEFAULT_SEEDS, variants: list[str] | None = None,
-             extra: list[str] = (), progress: bool = True, data: dict | None = None) -> dict:
-    """The whole demo; returns the results.json content."""
+class DemoClock:
+    """The whole demo's ETA: seconds per plain training iteration measured on the runs this
+    invocation trained (evaluation included), a distillation iteration counted as
+    DISTILL_COST_PRIOR plain ones until a run measures the ratio."""
+
+    def __init__(self, plan: list[tuple[str, int]], configs: dict):
+        self.plan, self.configs, self.t0 = plan, configs, time.time()
+        self.distill_cost, self.measured_s, self.measured_units = DISTILL_COST_PRIOR, 0.0, 0.0
+
+    def units(self, name: str) -> float:
+        cfg = self.configs[name]
+        n = int(cfg.solver.max_iter)
+        extra = max(n - int(cfg.distill.start_iter), 0) if cfg.distill.enabled else 0
+        return n + extra * (self.distill_cost - 1.0)
+
+    def finished(self, name: str, seconds: float, trained: bool, rows: list[dict]) -> None:
+        ratio = rows[0].get("distill_cost_ratio") if rows else None
+        if ratio:
+            self.distill_cost = ratio
+        if trained:
+            self.measured_s, self.measured_units = self.measured_s + seconds, self.measured_units + self.units(name)
+
+    def line(self, k: int) -> str:
+        """Progress line before run k (0-based) of the plan."""
+        name, seed = self.plan[k]
+        elapsed = time.time() - self.t0
+        head = f"[demo {k + 1}/{len(self.plan)}] {name} (seed {seed}); elapsed {_mmss(elapsed)}"
+        if not self.measured_units:
+            return head + ", ETA after the first trained run"
+        left = sum(self.units(n) for n, _ in self.plan[k:]) * self.measured_s / self.measured_units
+        return head + f", ETA {_mmss(left)} (done at ~{_mmss(elapsed + left)})"
+
+
+def _mmss(seconds: float) -> str:
+    return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
+
+
+def run_demo(out_dir: str | Path = "runs/demo", *, seeds: int | None = None, variants: list[str] | None = None,
+             extra: list[str] = (), progress: bool = True, data: dict | None = None,
+             full: bool = False) -> dict:
+    """The whole demo; returns the results.json content. `full`: FULL_VARIANTS x FULL_SEEDS
+    at FULL_BUDGET iterations (the schedule scaled), unless variants/seeds are given."""
     from boxdepth.data.synthetic import format_summary
 
     t0 = time.time()
     out_dir = Path(out_dir)
-    names = list(variants or DEFAULT_VARIANTS)
+    names = list(variants or (FULL_VARIANTS if full else DEFAULT_VARIANTS))
+    seeds = seeds or (FULL_SEEDS if full else DEFAULT_SEEDS)
+    extra = (scaled_schedule(FULL_BUDGET) if full else []) + list(extra)
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
         raise ValueError(f"unknown demo variant(s) {unknown}; choose from {list(VARIANTS)}")
     data_dir, summary = prepare_demo_data(out_dir, data, progress)
     print(format_summary(summary))
+    if any("{exact}" in o for n in names for o in VARIANTS[n]):
+        prepare_demo_data(out_dir, {**(data or DEMO_DATA), "depth_error": 0.0}, progress,
+                          name=exact_depth_dir(data_dir).name)
+    plan = [(name, seed) for seed in range(seeds) for name in names]
+    clock = DemoClock(plan, {n: variant_config(n, data_dir, 0, extra) for n in names})
     rows = []
-    for seed in range(seeds):
-        for name in names:
-            rows += train_and_evaluate(name, data_dir, out_dir, seed, list(extra), progress)
+    for k, (name, seed) in enumerate(plan):
+        print(clock.line(k), flush=True)
+        trained = not (out_dir / f"{name}_seed{seed}" / "model_final.pth").exists()
+        t_run = time.time()
+        new = train_and_evaluate(name, data_dir, out_dir, seed, extra, progress)
+        clock.finished(name, time.time() - t_run, trained, new)
+        rows += new
     table = summarize(rows)
     result = {"command": shlex.join(["boxdepth", *sys.argv[1:]]) if sys.argv else "boxdepth demo",
               "seconds": round(time.time() - t0, 1),  # this invocation (finished runs are reused)
               "train_seconds_total": round(sum(r.get("train_seconds", 0.0) for r in rows), 1),
-              "config": {"base": variant_config(names[0], data_dir, 0, list(extra)).to_dict(),
-                         "variants": {n: VARIANTS[n] for n in names}},
+              "config": {"base": variant_config(names[0], data_dir, 0, extra).to_dict(),
+                         "variants": {n: VARIANTS[n] for n in names}, "extra": extra},
               "rows": rows, "summary": table}
     atomic_write_json(out_dir / "results.json", result)
     print(format_table(table))

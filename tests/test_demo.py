@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
+
+import pytest
 
 from PIL import Image
 
@@ -87,15 +90,64 @@ def test_demo_depth_variant_trains_with_depth_and_writes_depth_panels(tmp_path, 
     assert "±" in capsys.readouterr().out
 
 
-def test_demo_default_is_table_3a_then_3c_over_two_seeds():
+def test_demo_default_is_the_quick_comparison_and_full_is_table_3():
     import boxdepth.demo as demo
     from boxdepth.cli import parse_cli
 
     args = parse_cli(["demo"])
-    assert args.seeds == 2 and args.variants is None
-    assert demo.DEFAULT_VARIANTS == ["boxinst", "boxinst+cons", "boxinst+dg", "boxinst+cons+dg",
-                                     "distill_iou", "distill_match", "mask_supervised"]
-    assert set(demo.DEFAULT_VARIANTS) == set(demo.VARIANTS)
+    assert args.seeds is None and args.variants is None and not args.full
+    assert demo.DEFAULT_VARIANTS == ["boxinst", "distill_match", "mask_supervised"]
+    assert demo.DEFAULT_SEEDS == 1 and demo.FULL_SEEDS >= 3
+    assert set(demo.FULL_VARIANTS) == set(demo.VARIANTS)
+    assert parse_cli(["demo", "--full"]).full
+    # the Table 3b rows change only tau_d; the exact-depth rows only the depth folder
+    assert demo.VARIANTS["boxinst+cons+dg@tau0.3"] == [*demo.VARIANTS["boxinst+cons+dg"],
+                                                        "loss.depth_consistency.tau=0.3"]
+    assert demo.VARIANTS["distill_match@exact"] == [
+        o.replace("{data}/depth", "{exact}/depth") for o in demo.VARIANTS["distill_match"]]
+    cfg = demo.variant_config("boxinst+cons@exact", Path("/d/data"), 0)
+    assert cfg.data.depth_root == "/d/data_exact/depth" and cfg.data.image_root == "/d/data/images"
+
+
+def test_demo_clock_eta_from_measured_runs_weights_distillation():
+    import boxdepth.demo as demo
+
+    plan = [("boxinst", 0), ("distill_match", 0), ("mask_supervised", 0)]
+    cfgs = {n: demo.variant_config(n, Path("/d/data"), 0, ["solver.max_iter=100",
+                                                           "distill.start_iter=60"]) for n, _ in plan}
+    clock = demo.DemoClock(plan, cfgs)
+    assert "ETA after the first trained run" in clock.line(0)
+    assert clock.units("boxinst") == 100
+    assert clock.units("distill_match") == pytest.approx(100 + 40 * (demo.DISTILL_COST_PRIOR - 1))
+    clock.finished("boxinst", 50.0, True, [{"variant": "boxinst"}])  # 0.5 s per plain iteration
+    clock.finished("distill_match", 1.0, False, [{"distill_cost_ratio": 2.0}])  # reused: time ignored
+    assert clock.units("distill_match") == 140
+    clock.t0 -= 60
+    line = clock.line(2)
+    assert line.startswith("[demo 3/3] mask_supervised (seed 0); elapsed 1m00s")
+    assert "ETA 0m50s" in line and "done at ~1m50s" in line
+
+
+def test_demo_exact_depth_variant_generates_exact_depth_beside_the_data(tmp_path, monkeypatch, capsys):
+    import boxdepth.demo as demo
+    monkeypatch.setattr(demo, "DEMO_DATA", dict(n_train=4, n_val=2, size=(96, 64), seed=3,
+                                                camouflage=0.3, depth_error=1.0))
+    args = ["demo", "--out", str(tmp_path), "--quiet", "--variants", "boxinst+dg@exact"]
+    for o in TINY_DEMO:
+        args += ["--set", o]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "[demo 1/1] boxinst+dg@exact (seed 0)" in out
+    exact = json.loads((tmp_path / "data_exact" / "demo_settings.json").read_text())
+    assert exact["depth_error"] == 0.0 and exact["seed"] == 3
+    saved = (tmp_path / "boxinst+dg@exact_seed0" / "config.yaml").read_text()
+    assert str(tmp_path / "data_exact" / "depth") in saved
+    # same images, other depth
+    img = "images/train/000000.png"
+    assert (tmp_path / "data" / img).read_bytes() == (tmp_path / "data_exact" / img).read_bytes()
+    d = next((tmp_path / "data" / "depth" / "train").iterdir()).name
+    assert (tmp_path / "data" / "depth" / "train" / d).read_bytes() != \
+        (tmp_path / "data_exact" / "depth" / "train" / d).read_bytes()
 
 
 def test_run_timing_splits_plain_and_distillation_windows(tmp_path):
