@@ -124,7 +124,11 @@ def _check_same_config(run_dir: Path, cfg) -> None:
     saved_path = run_dir / "config.yaml"
     if not saved_path.exists():
         return
-    saved, now = _flat(yaml.safe_load(saved_path.read_text())), _flat(cfg.to_dict())
+    from boxdepth.config import load_config
+
+    # a key the saved config lacks (added to boxdepth after that run) counts at its default
+    saved = {**_flat(load_config(None).to_dict()), **_flat(yaml.safe_load(saved_path.read_text()))}
+    now = _flat(cfg.to_dict())
     saved["model.fcos.num_classes"] = now["model.fcos.num_classes"]
     if not saved.get("distill.enabled") and not now.get("distill.enabled"):
         saved = {k: v for k, v in saved.items() if not k.startswith("distill.")}

@@ -13,6 +13,7 @@ def test_defaults_have_the_spec_values():
     cfg = load_config()
     assert cfg.model.mask_head.topk_proposals_per_im == 64
     assert cfg.loss.depth_consistency.tau == 0.5
+    assert cfg.loss.depth_consistency.pairs == "separate"  # SPEC §2: L_cons a term of its own
     assert cfg.distill.alpha == 0.8 and cfg.distill.beta == 0.2
     assert cfg.input.size_divisibility == 32
 

@@ -69,6 +69,12 @@ def test_demo_refuses_to_mix_budgets(tmp_path, monkeypatch, capsys):
     assert "other settings" in err and "solver.max_iter: 2 there, 3 now" in err
     # settings a run never read (distillation, switched off) do not force a new run
     assert main(args + ["--set", "distill.ema_decay=0.5"]) == 0
+    # a run made before a config key existed: the missing key counts at its default
+    saved = tmp_path / "boxinst_seed0" / "config.yaml"
+    saved.write_text(saved.read_text().replace("    channels_last: true\n", ""))
+    assert "channels_last" not in saved.read_text()
+    assert main(args) == 0
+    assert main(args + ["--set", "model.backbone.channels_last=false"]) == 2
 
 
 def test_demo_depth_variant_trains_with_depth_and_writes_depth_panels(tmp_path, monkeypatch, capsys):

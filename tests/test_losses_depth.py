@@ -1,12 +1,13 @@
-"""Depth similarity (Eq. 3), instance depth loss (Eq. 2), depth consistency (Eq. 4)."""
+"""Depth similarity (Eq. 3), instance depth loss (Eq. 2), depth consistency (Eq. 4) and its
+joint pair modes with the colour pairs (loss.depth_consistency.pairs)."""
 import math
 
 import pytest
 import torch
 
 from boxdepth.losses.boxinst import pairwise_neg_log_same
-from boxdepth.losses.depth import (depth_consistency_loss, depth_similarity,
-                                   instance_depth_loss)
+from boxdepth.losses.depth import (depth_consistency_loss, depth_pair_weights, depth_similarity,
+                                   instance_depth_loss, joint_pair_losses)
 
 
 def test_depth_similarity_two_instances():
@@ -75,6 +76,30 @@ def test_depth_consistency_loss_hand_case():
     assert depth_consistency_loss(nls, sim * 0, box, 0.5).item() == 0.0
 
 
+def test_joint_pair_losses_hand_case():
+    nls = torch.tensor([[[[1.0, 2.0]], [[3.0, 4.0]]]])        # (1,K=2,1,2)
+    w_c = torch.tensor([[[[1.0, 1.0]], [[0.0, 0.0]]]])        # 2 colour pairs
+    w_d = torch.tensor([[[[1.0, 0.0]], [[1.0, 1.0]]]])        # 3 depth pairs, one shared with colour
+    # shared: one normaliser 2 + 3 = 5 over both sets (the pair in both counts twice)
+    c, d = joint_pair_losses("shared", nls, w_c, w_d)
+    assert (c.item(), d.item()) == pytest.approx(((1 + 2) / 5, (1 + 3 + 4) / 5))
+    # complement: the depth pair colour also has (value 1) drops
+    c, d = joint_pair_losses("complement", nls, w_c, w_d)
+    assert (c.item(), d.item()) == pytest.approx(((1 + 2) / 2, (3 + 4) / 2))
+    # gated: only the colour pair the gate keeps; no term of its own
+    c, d = joint_pair_losses("gated", nls, w_c, w_d)
+    assert (c.item(), d.item()) == (1.0, 0.0)
+    # the colour term off (None): shared and complement keep every depth pair
+    for mode in ("shared", "complement"):
+        assert joint_pair_losses(mode, nls, None, w_d)[1].item() == pytest.approx(8 / 3)
+    assert joint_pair_losses("gated", nls, None, w_d)[1].item() == 0.0
+    # a (N,1,H,W) colour weight (a box mask) counts once per neighbour, as pairwise_loss
+    c, d = joint_pair_losses("shared", nls, torch.ones(1, 1, 1, 2), w_d)
+    assert (c.item(), d.item()) == pytest.approx((10 / 7, 8 / 7))
+    with pytest.raises(ValueError, match="shared, complement, gated"):
+        joint_pair_losses("separate", nls, w_c, w_d)
+
+
 def test_depth_consistency_end_to_end_against_loop():
     """Loss from logits and a depth step, against an explicit loop over pixel pairs."""
     g = torch.Generator().manual_seed(0)
@@ -120,4 +145,7 @@ def test_runs_on_the_input_device():
     sim = depth_similarity(z * 255, mask, 3, 2, kappa=0.5)
     nls = pairwise_neg_log_same(z, 3, 2)
     assert depth_consistency_loss(nls, sim, z, 0.5, inside_box=False, image_mask=mask).is_meta
+    w_d = depth_pair_weights(sim, z, 0.5, image_mask=mask)
+    assert all(x.is_meta for m in ("shared", "complement", "gated")
+               for x in joint_pair_losses(m, nls, w_d, w_d))
     assert instance_depth_loss(z, z, z).is_meta

@@ -14,4 +14,5 @@ def build_criterion(cfg) -> CondInstCriterion:
         pairwise_size=b.pairwise_size, pairwise_dilation=b.pairwise_dilation,
         pairwise_color_thresh=b.pairwise_color_thresh, warmup_iters=b.warmup_iters,
         bottom_pixels_removed=b.bottom_pixels_removed, depth_weight=d.weight,
-        cons_weight=c.weight, cons_tau=c.tau, cons_kappa=c.kappa, cons_inside_box=c.inside_box)
+        cons_weight=c.weight, cons_tau=c.tau, cons_kappa=c.kappa, cons_inside_box=c.inside_box,
+        cons_pairs=c.pairs)

@@ -8,6 +8,13 @@ orig_size). Returns a dict of weighted scalar losses:
     loss_prj, loss_pairwise                              BoxInst (loss.mode=box)
     loss_depth (Eq. 2), loss_cons (Eqs. 3-4)             when depth is given and switched on
     loss_mask                                            dice to GT masks (loss.mode=mask)
+How loss_cons and loss_pairwise share their pairs is `cons_pairs`
+(loss.depth_consistency.pairs, losses/depth.py PAIR_MODES): `separate` (SPEC §2) computes
+them apart; the joint modes (`depth.joint_pair_losses`) on one set of pairs, and only
+when L_cons is on and the batch has depth (else the colour term is computed alone, as
+`separate`). A term weighted 0 has no pairs (shared / complement then keep every depth
+pair). `gated` reports loss_cons = 0 (the key stays for logging): there cons_weight > 0
+only switches the depth gate on.
 All mask terms live at the mask output stride (4): box masks, the image average-pooled
 for the Lab colour similarity and the pseudo depth average-pooled for d01 / d255.
 """
@@ -19,7 +26,8 @@ from torch import nn
 
 from boxdepth.losses.boxinst import (bottom_pixels_mask, boxes_to_stride_masks, dice_loss,
                                      pairwise_loss, pairwise_neg_log_same, projection_loss)
-from boxdepth.losses.depth import depth_consistency_loss, depth_similarity, instance_depth_loss
+from boxdepth.losses.depth import (PAIR_MODES, depth_consistency_loss, depth_pair_weights,
+                                   depth_similarity, instance_depth_loss, joint_pair_losses)
 from boxdepth.losses.fcos import fcos_losses_from_outputs
 from boxdepth.ops.pairwise import box_windows, color_similarity, gather_windows, rgb_to_lab
 
@@ -39,10 +47,13 @@ class CondInstCriterion(nn.Module):
                  pairwise_color_thresh: float = 0.3, warmup_iters: int = 10000,
                  bottom_pixels_removed: float = 10, depth_weight: float = 1.0,
                  cons_weight: float = 1.0, cons_tau: float = 0.5, cons_kappa: float = 0.5,
-                 cons_inside_box: bool = True):
+                 cons_inside_box: bool = True, cons_pairs: str = "separate"):
         super().__init__()
         if mode not in ("box", "mask"):
             raise ValueError(f"loss.mode must be 'box' or 'mask', got {mode!r}")
+        if cons_pairs not in PAIR_MODES:
+            raise ValueError(f"loss.depth_consistency.pairs must be one of "
+                             f"{', '.join(PAIR_MODES)}, got {cons_pairs!r}")
         self.num_classes, self.mode = num_classes, mode
         self.focal_alpha, self.focal_gamma = focal_alpha, focal_gamma
         self.stride = mask_out_stride
@@ -52,6 +63,7 @@ class CondInstCriterion(nn.Module):
         self.bottom_pixels_removed = bottom_pixels_removed
         self.depth_weight, self.cons_weight = depth_weight, cons_weight
         self.cons_tau, self.cons_kappa, self.cons_inside_box = cons_tau, cons_kappa, cons_inside_box
+        self.cons_pairs = cons_pairs
 
     def warmup(self, iteration: int) -> float:
         """Linear ramp 0 -> 1 of the pairwise and consistency weights (SPEC §2)."""
@@ -85,18 +97,25 @@ class CondInstCriterion(nn.Module):
         neg_log_same = pairwise_neg_log_same(gather_windows(logits, win[0], win[1]), self.k,
                                              self.dilation)
         warm = self.warmup(iteration)
+        active = None  # colour pairs [S_c >= thr] (B,K,h,w) of the images
         if self.pairwise_weight > 0:
             lab = rgb_to_lab(F.avg_pool2d(batch["images"].float(), self.stride, self.stride))
             active = (color_similarity(lab, valid, self.k, self.dilation) >= self.color_thresh)
+        with_depth = batch.get("depth") is not None
+        # a joint mode computes loss_pairwise together with loss_cons (in _depth_losses)
+        joint = with_depth and self.cons_weight > 0 and self.cons_pairs != "separate"
+        if active is not None and not joint:
             weights = gather_windows(active, win[0], win[1], props["im_inds"]) * box_win
             losses["loss_pairwise"] = self.pairwise_weight * warm * pairwise_loss(neg_log_same, weights)
-        if batch.get("depth") is not None:
+        if with_depth:
             losses.update(self._depth_losses(props, batch, box_masks, valid, neg_log_same, warm,
-                                             win, box_win))
+                                             win, box_win, active))
         return losses
 
     def _depth_losses(self, props, batch, box_masks, valid, neg_log_same, warm, win,
-                      box_win) -> dict:
+                      box_win, active) -> dict:
+        """loss_depth, loss_cons and, in a joint pairs mode, loss_pairwise; `active` is the
+        colour pairs (B,K,h,w) or None (colour term off)."""
         d01 = F.avg_pool2d(batch["depth"].float(), self.stride, self.stride)
         has = batch["has_depth"].to(d01.device).float()
         inst_has = has[props["im_inds"]][:, None, None, None]  # images without depth add nothing
@@ -108,13 +127,41 @@ class CondInstCriterion(nn.Module):
         if self.cons_weight > 0:
             sim = depth_similarity(255.0 * d01, valid, self.k, self.dilation, self.cons_kappa)
             if self.cons_inside_box:
-                sim = gather_windows(sim, win[0], win[1], props["im_inds"])
-                centre = gather_windows(valid[:, None], win[0], win[1], props["im_inds"]) * inst_has
-                nls, boxes = neg_log_same, box_win * inst_has
+                def per_inst(maps):  # image maps (B,C,h,w) -> the instances' box windows
+                    return gather_windows(maps, win[0], win[1], props["im_inds"])
+                nls, box = neg_log_same, box_win
             else:  # pairs anywhere in the image: the full maps are needed
+                def per_inst(maps):
+                    return maps[props["im_inds"]]
                 nls = pairwise_neg_log_same(props["mask_logits"].float(), self.k, self.dilation)
-                sim, boxes = sim[props["im_inds"]], box_masks * inst_has
-                centre = valid[props["im_inds"]][:, None] * inst_has
-            out["loss_cons"] = self.cons_weight * warm * depth_consistency_loss(
-                nls, sim, boxes, self.cons_tau, inside_box=self.cons_inside_box, image_mask=centre)
+                box = box_masks
+            sim, centre = per_inst(sim), per_inst(valid[:, None]) * inst_has
+            if self.cons_pairs == "separate":
+                out["loss_cons"] = self.cons_weight * warm * depth_consistency_loss(
+                    nls, sim, box * inst_has, self.cons_tau, inside_box=self.cons_inside_box,
+                    image_mask=centre)
+            else:  # the colour pairs on L_cons's pairs (full maps with inside_box=False)
+                colour = None if active is None else per_inst(active) * box
+                out.update(self._joint_pair_losses(nls, colour, sim, box * inst_has, centre,
+                                                   inst_has, warm))
+        return out
+
+    def _joint_pair_losses(self, nls, colour, sim, boxes, centre, inst_has, warm) -> dict:
+        """loss_pairwise (if the colour term is on) and loss_cons of a joint pairs mode.
+
+        nls, sim (N,K,h,w); colour (N,K,h,w) w_c or None; boxes, centre (N,1,h,w) with the
+        instances without depth zeroed; inst_has (N,1,1,1) 1 where the image has depth.
+        """
+        if self.cons_pairs == "gated":
+            # the gate is depth agreement only: the colour term keeps its own centre rule
+            # (AdelaiDet's: pairs into removed rows drop, from them stay), and an image
+            # without depth keeps all its colour pairs
+            depth_w = (sim > self.cons_tau) | (inst_has == 0)
+        else:
+            depth_w = depth_pair_weights(sim, boxes, self.cons_tau, self.cons_inside_box,
+                                         centre, dtype=nls.dtype)
+        colour_loss, cons_loss = joint_pair_losses(self.cons_pairs, nls, colour, depth_w)
+        out = {"loss_cons": self.cons_weight * warm * cons_loss}
+        if colour is not None:
+            out["loss_pairwise"] = self.pairwise_weight * warm * colour_loss
         return out

@@ -12,12 +12,24 @@ Shapes (N instances, K = kernel_size**2 - 1 neighbours):
     depth_consistency_loss(neg_log_same (N,K,H,W), depth_sim (N,K,H,W),
                            box_masks (N,1,H,W), tau, inside_box=True, image_mask=None)
                                                           -> scalar
+    depth_pair_weights(depth_sim (N,K,H,W), box_masks (N,1,H,W), tau, inside_box=True,
+                       image_mask=None)                   -> (N,K,H,W) w_d
+    joint_pair_losses(mode, neg_log_same (N,K,H,W), colour_w (N,K|1,H,W) | None,
+                      depth_w (N,K,H,W))                  -> (colour scalar, cons scalar)
+
+How L_cons combines with BoxInst's colour pairs is `loss.depth_consistency.pairs`
+(PAIR_MODES; benchmarks/README.md, "Fidelity audit", item 1): `separate` is SPEC §2
+(`pairwise_loss` + `depth_consistency_loss`, each with its own normaliser), the others
+are `joint_pair_losses`.
 """
 from __future__ import annotations
 
 import torch
 
 from boxdepth.ops.pairwise import neighbour_mask, unfold_wo_center
+
+# values of loss.depth_consistency.pairs; the first is the default (SPEC §2, Eq. 6)
+PAIR_MODES = ("separate", "shared", "complement", "gated")
 
 
 def depth_similarity(depth255: torch.Tensor, image_mask: torch.Tensor, kernel_size: int,
@@ -59,6 +71,20 @@ def instance_depth_loss(depth_probs: torch.Tensor, depth01: torch.Tensor,
     return (per_inst * valid).sum() / valid.sum().clamp(min=1.0)
 
 
+def depth_pair_weights(depth_sim: torch.Tensor, box_masks: torch.Tensor, tau: float,
+                       inside_box: bool = True, image_mask: torch.Tensor | None = None,
+                       dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Active depth pairs ``w_d = [S_d > tau] * box * centre`` (N,K,H,W) in ``dtype``
+    (default ``depth_sim``'s); the box and centre factors as in `depth_consistency_loss`."""
+    w = (depth_sim > tau).to(dtype=dtype or depth_sim.dtype)
+    if inside_box:
+        w = w * box_masks.to(dtype=w.dtype)
+    if image_mask is not None:
+        centre = image_mask[:, None] if image_mask.dim() == 3 else image_mask
+        w = w * centre.to(dtype=w.dtype)
+    return w
+
+
 def depth_consistency_loss(neg_log_same: torch.Tensor, depth_sim: torch.Tensor,
                            box_masks: torch.Tensor, tau: float, inside_box: bool = True,
                            image_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -74,10 +100,43 @@ def depth_consistency_loss(neg_log_same: torch.Tensor, depth_sim: torch.Tensor,
             "boxdepth/losses/depth.py: neg_log_same and depth_sim must have equal shape "
             f"(N,K,H,W), got {tuple(neg_log_same.shape)} and {tuple(depth_sim.shape)}"
         )
-    w = (depth_sim > tau).to(dtype=neg_log_same.dtype)
-    if inside_box:
-        w = w * box_masks.to(dtype=w.dtype)
-    if image_mask is not None:
-        centre = image_mask[:, None] if image_mask.dim() == 3 else image_mask
-        w = w * centre.to(dtype=w.dtype)
+    w = depth_pair_weights(depth_sim, box_masks, tau, inside_box, image_mask,
+                           dtype=neg_log_same.dtype)
     return (neg_log_same * w).sum() / w.sum().clamp(min=1.0)
+
+
+def _weighted_mean(neg_log_same: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    w = w.to(dtype=neg_log_same.dtype).expand_as(neg_log_same)
+    return (neg_log_same * w).sum() / w.sum().clamp(min=1.0)
+
+
+def joint_pair_losses(mode: str, neg_log_same: torch.Tensor, colour_w: torch.Tensor | None,
+                      depth_w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Colour term and L_cons of a `loss.depth_consistency.pairs` mode other than
+    `separate`, unweighted and on one set of pairs -> (colour scalar, cons scalar).
+
+    neg_log_same (N,K,H,W); colour_w (N,K|1,H,W) 0/1 colour pairs ``w_c = [S_c >= thr] *
+    box``, or None when the colour term is switched off (it then has no pairs);
+    depth_w (N,K,H,W) 0/1: ``w_d`` (`depth_pair_weights`), except for `gated`, where it
+    is the depth gate ``g`` (1 where depth agrees, and wherever there is no depth):
+        shared      n = max(sum w_c + sum w_d, 1): (sum nls*w_c / n, sum nls*w_d / n), so
+                    the two add up to one pairwise term over both pair sets
+        complement  w_d' = w_d * (1 - w_c): (L_pair, sum nls*w_d' / max(sum w_d', 1)),
+                    depth adds only the pairs colour does not see
+        gated       (sum nls*w_c*g / max(sum w_c*g, 1), 0): no term of its own; the 0
+                    keeps the graph (and the logged key)
+    """
+    if mode not in PAIR_MODES[1:]:
+        raise ValueError(f"boxdepth/losses/depth.py: joint_pair_losses mode must be one of "
+                         f"{', '.join(PAIR_MODES[1:])}, got {mode!r}")
+    w_d = depth_w.to(dtype=neg_log_same.dtype)
+    if colour_w is None:  # no colour pairs: every mode keeps only its depth side
+        w_c = torch.zeros((), dtype=neg_log_same.dtype, device=neg_log_same.device)
+    else:
+        w_c = colour_w.to(dtype=neg_log_same.dtype).expand_as(neg_log_same)
+    if mode == "shared":
+        n = (w_c.sum() + w_d.sum()).clamp(min=1.0)
+        return (neg_log_same * w_c).sum() / n, (neg_log_same * w_d).sum() / n
+    if mode == "complement":
+        return _weighted_mean(neg_log_same, w_c), _weighted_mean(neg_log_same, w_d * (1 - w_c))
+    return _weighted_mean(neg_log_same, w_c * w_d), neg_log_same.sum() * 0
