@@ -17,6 +17,17 @@ TINY_DEMO = [*TINY_MODEL, "data.num_workers=0", "input.min_size_train=[64]",
              "solver.steps=[1]", "solver.checkpoint_period=0", "log.tensorboard=false"]
 
 
+def _tiny_demo(monkeypatch, tmp_path, seed: int, variants: list[str], extra=()) -> list[str]:
+    """`boxdepth demo` arguments for a 4-image synthetic set and the 2-iteration budget."""
+    import boxdepth.demo as demo
+    monkeypatch.setattr(demo, "DEMO_DATA", dict(n_train=4, n_val=2, size=(96, 64), seed=seed,
+                                                camouflage=0.3, depth_error=1.0))
+    args = ["demo", "--out", str(tmp_path), "--quiet", "--variants", *variants]
+    for o in [*TINY_DEMO, *extra]:
+        args += ["--set", o]
+    return args
+
+
 def test_demo_writes_results_table_and_panel(tmp_path, monkeypatch, capsys):
     import boxdepth.demo as demo
     monkeypatch.setattr(demo, "DEMO_DATA", dict(n_train=6, n_val=3, size=(96, 64), seed=1,
@@ -57,12 +68,7 @@ def test_demo_writes_results_table_and_panel(tmp_path, monkeypatch, capsys):
 
 
 def test_demo_refuses_to_mix_budgets(tmp_path, monkeypatch, capsys):
-    import boxdepth.demo as demo
-    monkeypatch.setattr(demo, "DEMO_DATA", dict(n_train=4, n_val=2, size=(96, 64), seed=1,
-                                                camouflage=0.3, depth_error=1.0))
-    args = ["demo", "--out", str(tmp_path), "--quiet", "--variants", "boxinst"]
-    for o in TINY_DEMO:
-        args += ["--set", o]
+    args = _tiny_demo(monkeypatch, tmp_path, 1, ["boxinst"])
     assert main(args) == 0
     assert main(args + ["--set", "solver.max_iter=3"]) == 2
     err = capsys.readouterr().err
@@ -78,12 +84,7 @@ def test_demo_refuses_to_mix_budgets(tmp_path, monkeypatch, capsys):
 
 
 def test_demo_depth_variant_trains_with_depth_and_writes_depth_panels(tmp_path, monkeypatch, capsys):
-    import boxdepth.demo as demo
-    monkeypatch.setattr(demo, "DEMO_DATA", dict(n_train=4, n_val=2, size=(96, 64), seed=2,
-                                                camouflage=0.3, depth_error=1.0))
-    args = ["demo", "--out", str(tmp_path), "--quiet", "--variants", "boxinst+cons+dg", "--seeds", "2"]
-    for o in TINY_DEMO + ["log.period=1"]:
-        args += ["--set", o]
+    args = _tiny_demo(monkeypatch, tmp_path, 2, ["boxinst+cons+dg"], ["log.period=1"]) + ["--seeds", "2"]
     assert main(args) == 0
     res = json.loads((tmp_path / "results.json").read_text())
     assert [(r["variant"], r["seed"]) for r in res["rows"]] == [("boxinst+cons+dg", 0), ("boxinst+cons+dg", 1)]
@@ -135,12 +136,7 @@ def test_demo_clock_eta_from_measured_runs_weights_distillation():
 
 
 def test_demo_exact_depth_variant_generates_exact_depth_beside_the_data(tmp_path, monkeypatch, capsys):
-    import boxdepth.demo as demo
-    monkeypatch.setattr(demo, "DEMO_DATA", dict(n_train=4, n_val=2, size=(96, 64), seed=3,
-                                                camouflage=0.3, depth_error=1.0))
-    args = ["demo", "--out", str(tmp_path), "--quiet", "--variants", "boxinst+dg@exact"]
-    for o in TINY_DEMO:
-        args += ["--set", o]
+    args = _tiny_demo(monkeypatch, tmp_path, 3, ["boxinst+dg@exact"])
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "[demo 1/1] boxinst+dg@exact (seed 0)" in out
@@ -171,13 +167,9 @@ def test_run_timing_splits_plain_and_distillation_windows(tmp_path):
 
 
 def test_demo_distillation_rows_report_their_extra_cost(tmp_path, monkeypatch, capsys):
-    import boxdepth.demo as demo
-    monkeypatch.setattr(demo, "DEMO_DATA", dict(n_train=4, n_val=2, size=(96, 64), seed=3,
-                                                camouflage=0.3, depth_error=1.0))
-    args = ["demo", "--out", str(tmp_path), "--quiet", "--variants", "distill_match", "--seeds", "1"]
-    for o in TINY_DEMO + ["log.period=1", "solver.max_iter=3", "distill.start_iter=1",
-                          "distill.teacher_size=64", "distill.teacher_max_size=128"]:
-        args += ["--set", o]
+    args = _tiny_demo(monkeypatch, tmp_path, 3, ["distill_match"], [
+        "log.period=1", "solver.max_iter=3", "distill.start_iter=1", "distill.teacher_size=64",
+        "distill.teacher_max_size=128"]) + ["--seeds", "1"]
     assert main(args) == 0
     res = json.loads((tmp_path / "results.json").read_text())
     row = res["rows"][0]
