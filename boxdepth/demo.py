@@ -50,6 +50,9 @@ FULL_METHOD = "distill_match"  # the paper's full method: L_cons + DG head + sel
 # `boxdepth demo` (the newcomer's ~10 minutes): BoxInst, the full method, the upper bound
 DEFAULT_VARIANTS = ["boxinst", FULL_METHOD, "mask_supervised"]
 DEFAULT_SEEDS = 1
+# the quick demo's budget: the config's 250-iteration schedule doubled, since at 250 mask AP
+# still moves by several points with float noise alone (learning curve, benchmarks/README.md)
+QUICK_BUDGET = 500
 # `boxdepth demo --full`: Table 3a/3b/3c and the exact-depth rows at FULL_BUDGET, 3 seeds
 FULL_VARIANTS = ["boxinst", "boxinst+cons", "boxinst+dg", "boxinst+cons+dg", "boxinst+cons+dg@tau0.3",
                  "boxinst+cons+dg@tau0.7", "distill_iou", "distill_match", "mask_supervised",
@@ -296,15 +299,16 @@ def _mmss(seconds: float) -> str:
 def run_demo(out_dir: str | Path = "runs/demo", *, seeds: int | None = None, variants: list[str] | None = None,
              extra: list[str] = (), progress: bool = True, data: dict | None = None,
              full: bool = False) -> dict:
-    """The whole demo; returns the results.json content. `full`: FULL_VARIANTS x FULL_SEEDS
-    at FULL_BUDGET iterations (the schedule scaled), unless variants/seeds are given."""
+    """The whole demo; returns the results.json content: DEFAULT_VARIANTS x DEFAULT_SEEDS at
+    QUICK_BUDGET iterations, or with `full` FULL_VARIANTS x FULL_SEEDS at FULL_BUDGET (the
+    config's schedule scaled), unless variants/seeds are given; `extra` overrides follow."""
     from boxdepth.data.synthetic import format_summary
 
     t0 = time.time()
     out_dir = Path(out_dir)
     names = list(variants or (FULL_VARIANTS if full else DEFAULT_VARIANTS))
     seeds = seeds or (FULL_SEEDS if full else DEFAULT_SEEDS)
-    extra = (scaled_schedule(FULL_BUDGET) if full else []) + list(extra)
+    extra = scaled_schedule(FULL_BUDGET if full else QUICK_BUDGET) + list(extra)
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
         raise ValueError(f"unknown demo variant(s) {unknown}; choose from {list(VARIANTS)}")

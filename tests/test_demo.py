@@ -51,6 +51,9 @@ def test_demo_writes_results_table_and_panel(tmp_path, monkeypatch, capsys):
     assert res["config"]["variants"]["mask_supervised"] == [
         "loss.mode=mask", "data.train_json={data}/train_masks.json"]
     assert res["config"]["base"]["solver"]["max_iter"] == 2
+    # the quick budget's schedule comes first, the --set overrides after it
+    assert res["config"]["extra"][:6] == demo.scaled_schedule(demo.QUICK_BUDGET)
+    assert res["config"]["extra"][6:] == TINY_DEMO
     assert (tmp_path / "panel.png").exists()
     # the box-as-mask row scores the same detections with filled boxes: same bbox AP
     boxinst, box_as_mask = res["rows"][0], res["rows"][1]
