@@ -264,8 +264,8 @@ class DemoClock:
     invocation trained (evaluation included), a distillation iteration counted as
     DISTILL_COST_PRIOR plain ones until a run measures the ratio."""
 
-    def __init__(self, plan: list[tuple[str, int]], configs: dict):
-        self.plan, self.configs, self.t0 = plan, configs, time.time()
+    def __init__(self, plan: list[tuple[str, int]], configs: dict, t0: float | None = None):
+        self.plan, self.configs, self.t0 = plan, configs, time.time() if t0 is None else t0
         self.distill_cost, self.measured_s, self.measured_units = DISTILL_COST_PRIOR, 0.0, 0.0
 
     def units(self, name: str) -> float:
@@ -318,7 +318,7 @@ def run_demo(out_dir: str | Path = "runs/demo", *, seeds: int | None = None, var
         prepare_demo_data(out_dir, {**(data or DEMO_DATA), "depth_error": 0.0}, progress,
                           name=exact_depth_dir(data_dir).name)
     plan = [(name, seed) for seed in range(seeds) for name in names]
-    clock = DemoClock(plan, {n: variant_config(n, data_dir, 0, extra) for n in names})
+    clock = DemoClock(plan, {n: variant_config(n, data_dir, 0, extra) for n in names}, t0)
     rows = []
     for k, (name, seed) in enumerate(plan):
         print(clock.line(k), flush=True)
