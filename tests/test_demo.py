@@ -185,3 +185,20 @@ def test_demo_distillation_rows_report_their_extra_cost(tmp_path, monkeypatch, c
     assert "a distillation iteration costs" in capsys.readouterr().out
     panel = Image.open(next((tmp_path / "depth_panels").glob("*_panel.png")))
     assert panel.width >= 7 * 96  # image, depth, 2 affinities, masks, instance depth, pseudo masks
+
+
+def test_demo_quick_default_runs_boxinst_full_method_and_upper_bound(tmp_path, monkeypatch, capsys):
+    args = _tiny_demo(monkeypatch, tmp_path, 4, [], [
+        "log.period=1", "solver.max_iter=3", "distill.start_iter=1", "distill.teacher_size=64",
+        "distill.teacher_max_size=128"])
+    args.remove("--variants")
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    for k, name in enumerate(["boxinst", "distill_match", "mask_supervised"]):
+        assert f"[demo {k + 1}/3] {name} (seed 0); elapsed " in out
+    assert "ETA after the first trained run" in out and "ETA " in out.split("[demo 2/3]")[1]
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert [r["variant"] for r in res["rows"]] == ["boxinst", "box_as_mask", "distill_match",
+                                                   "mask_supervised"]
+    assert "distill_cost_ratio" in res["rows"][2]
+    assert (tmp_path / "panel.png").exists() and (tmp_path / "depth_panels").is_dir()
