@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import shlex
 import statistics
@@ -35,6 +34,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402  (benchmarks/ is a folder of scripts, not a package)
 
 import torch  # noqa: E402
+
+from boxdepth.engine.logging import read_metrics  # noqa: E402
+from boxdepth.fileio import atomic_write_json  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -51,8 +53,7 @@ def export_revision(rev: str, dest: Path) -> str:
 
 def step_time(metrics_path: Path) -> tuple[float, list[float]]:
     """Median of the logged periods' mean step time, the first period dropped."""
-    periods = [json.loads(line)["time_step"] for line in metrics_path.read_text().splitlines()
-               if line.strip() and "time_step" in json.loads(line)]
+    periods = [r["time_step"] for r in read_metrics(metrics_path) if "time_step" in r]
     if len(periods) < 2:
         raise RuntimeError(f"{metrics_path}: fewer than 2 logged periods; raise --iters")
     return statistics.median(periods[1:]), periods
@@ -115,12 +116,10 @@ def main(argv=None) -> int:
     print(f"median step: base {med['base'] * 1000:.0f} ms, head {med['head'] * 1000:.0f} ms; "
           f"head/base = {ratio:.3f} (speed-up {1 / ratio:.2f}x)")
     out = a.out or REPO / "benchmarks" / "results" / f"compare_step_{datetime.date.today()}.json"
-    common_env = common.environment(torch.device("cpu"), REPO)
-    from boxdepth.fileio import atomic_write_json
     atomic_write_json(out, {"benchmark": "compare_step", "command": shlex.join([sys.executable, *sys.argv]),
                             "args": {k: str(v) for k, v in vars(a).items()}, "commits": commits,
                             "runs": runs, "median_step_s": med, "head_over_base": ratio,
-                            "env": common_env})
+                            "env": common.environment(torch.device("cpu"), REPO)})
     print(f"wrote {out}")
     return 0
 

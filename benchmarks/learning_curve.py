@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from boxdepth import demo
-from boxdepth.demo import scaled_schedule  # noqa: F401  (the schedule rule lives with the demo)
+from boxdepth.demo import scaled_schedule
 from boxdepth.fileio import atomic_write_json
 from boxdepth.viz.chart import line_chart
 from boxdepth.viz.draw import save_png

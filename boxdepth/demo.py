@@ -100,6 +100,11 @@ def data_overrides(data_dir: Path) -> list[str]:
             f"data.image_root={data_dir / 'images'}"]
 
 
+def run_dir_of(out_dir: Path, name: str, seed: int) -> Path:
+    """The folder of one demo run (viz/demo_panel.py reads the same layout)."""
+    return Path(out_dir) / f"{name}_seed{seed}"
+
+
 def exact_depth_dir(data_dir: Path) -> Path:
     """Where the exact-depth copy of the demo data lives (beside `data_dir`)."""
     return data_dir.parent / f"{data_dir.name}_exact"
@@ -153,7 +158,7 @@ def train_and_evaluate(name: str, data_dir: Path, out_dir: Path, seed: int, extr
     from boxdepth.engine.trainer import train
 
     cfg = variant_config(name, data_dir, seed, extra)
-    run_dir = out_dir / f"{name}_seed{seed}"
+    run_dir = run_dir_of(out_dir, name, seed)
     ds_classes = len(json.loads((data_dir / "train.json").read_text())["categories"])
     cfg.model.fcos.num_classes = ds_classes
     _check_same_config(run_dir, cfg)
@@ -209,7 +214,7 @@ def write_depth_panels(out_dir: Path, data_dir: Path, variant: str, num_images: 
     cfg = variant_config(variant, data_dir, 0)
     summary = run_viz([str(data_dir / "images" / "val")], out_dir / "depth_panels",
                       depth_root=data_dir / "depth", images_root=data_dir / "images",
-                      weights=out_dir / f"{variant}_seed0" / "model_final.pth",
+                      weights=run_dir_of(out_dir, variant, 0) / "model_final.pth",
                       gt=data_dir / "val.json" if cfg.distill.enabled else None, device="cpu",
                       score_thresh=0.5, max_images=num_images,
                       kappa=cfg.loss.depth_consistency.kappa, tau=cfg.loss.depth_consistency.tau,
@@ -322,7 +327,7 @@ def run_demo(out_dir: str | Path = "runs/demo", *, seeds: int | None = None, var
     rows = []
     for k, (name, seed) in enumerate(plan):
         print(clock.line(k), flush=True)
-        trained = not (out_dir / f"{name}_seed{seed}" / "model_final.pth").exists()
+        trained = not (run_dir_of(out_dir, name, seed) / "model_final.pth").exists()
         t_run = time.time()
         new = train_and_evaluate(name, data_dir, out_dir, seed, extra, progress)
         clock.finished(name, time.time() - t_run, trained, new)
