@@ -46,6 +46,17 @@ VARIANTS.update({f"boxinst+cons+dg@tau{t}": [*_FULL, f"loss.depth_consistency.ta
                  for t in ("0.3", "0.7")})
 VARIANTS.update({f"{n}@exact": [o.replace("{data}/depth", "{exact}/depth") for o in VARIANTS[n]]
                  for n in ("boxinst+cons", "boxinst+dg", "boxinst+cons+dg", "distill_match")})
+# Designed variants (issue 9 part 5, not the paper's): colour pairs gated by depth agreement
+# in place of L_cons's own pairs (loss.depth_consistency.pairs=gated), and the full method
+# with that gate or with the DG head and self-distillation but no L_cons
+_GATED = "loss.depth_consistency.pairs=gated"
+VARIANTS.update({
+    "boxinst+gated": [*VARIANTS["boxinst+cons"], _GATED],
+    "boxinst+gated+dg": [*_FULL, _GATED],
+    "distill_match+gated": [*VARIANTS["distill_match"], _GATED],
+    "boxinst+dg+distill_match": [_DEPTH, "model.depth_head=true", "loss.depth_consistency.weight=0.0",
+                                 "distill.enabled=true", "distill.match=depth"],
+})
 FULL_METHOD = "distill_match"  # the paper's full method: L_cons + DG head + self-distillation
 # `boxdepth demo` (the newcomer's ~10 minutes): BoxInst, the full method, the upper bound
 DEFAULT_VARIANTS = ["boxinst", FULL_METHOD, "mask_supervised"]
@@ -56,7 +67,8 @@ QUICK_BUDGET = 500
 # `boxdepth demo --full`: Table 3a/3b/3c and the exact-depth rows at FULL_BUDGET, 3 seeds
 FULL_VARIANTS = ["boxinst", "boxinst+cons", "boxinst+dg", "boxinst+cons+dg", "boxinst+cons+dg@tau0.3",
                  "boxinst+cons+dg@tau0.7", "distill_iou", "distill_match", "mask_supervised",
-                 "boxinst+cons@exact", "boxinst+dg@exact", "boxinst+cons+dg@exact", "distill_match@exact"]
+                 "boxinst+cons@exact", "boxinst+dg@exact", "boxinst+cons+dg@exact", "distill_match@exact",
+                 "boxinst+gated", "boxinst+gated+dg", "boxinst+dg+distill_match", "distill_match+gated"]
 FULL_SEEDS = 3
 FULL_BUDGET = 1000
 # rows computed from another variant's model: name -> (source variant, evaluation option)

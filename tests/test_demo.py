@@ -117,6 +117,13 @@ def test_demo_default_is_the_quick_comparison_and_full_is_table_3():
         o.replace("{data}/depth", "{exact}/depth") for o in demo.VARIANTS["distill_match"]]
     cfg = demo.variant_config("boxinst+cons@exact", Path("/d/data"), 0)
     assert cfg.data.depth_root == "/d/data_exact/depth" and cfg.data.image_root == "/d/data/images"
+    # the designed variants (not the paper's): the gate replaces L_cons's pairs; the last
+    # full-method variant keeps the DG head and depth-aware distillation without L_cons
+    gated = demo.variant_config("distill_match+gated", Path("/d"), 0)
+    assert gated.loss.depth_consistency.pairs == "gated" and gated.distill.match == "depth"
+    assert demo.variant_config("boxinst+cons", Path("/d"), 0).loss.depth_consistency.pairs == "separate"
+    nocons = demo.variant_config("boxinst+dg+distill_match", Path("/d"), 0)
+    assert nocons.loss.depth_consistency.weight == 0 and nocons.model.depth_head and nocons.distill.enabled
 
 
 def test_demo_clock_eta_from_measured_runs_weights_distillation():

@@ -1,0 +1,210 @@
+"""Table 3 at the converged budget on the embedded synthetic set, over several seeds, with a
+verdict per row: is its difference to BoxInst beyond the seed spread?
+
+    python benchmarks/table3.py --out runs/table3 [--budget 1000] [--seeds 3] [--jobs 4]
+        [--threads 1] [--variants ...] [--set key=value ...]
+        [--json benchmarks/results/table3_<date>.json] [--readme README.md]
+    python benchmarks/table3.py --from-json benchmarks/results/table3_<date>.json --readme README.md
+
+Each (variant, seed) is one run of `boxdepth.demo.train_and_evaluate` (the demo's variants,
+config and data, the schedule scaled to --budget) in OUT/b<budget>/<variant>_seed<S>/, the
+layout of benchmarks/learning_curve.py, so the two share runs. The runs go to --jobs worker
+processes of --threads torch threads each (a run's numbers depend on its thread count, not
+on what else runs beside it); a finished run is reused (its rows.json), an interrupted one
+resumes. The JSON holds every row, mean ± sample std per variant, and per variant the
+difference to --reference in mask AP: Delta, its standard error sqrt(s_a^2/n_a + s_b^2/n_b),
+Welch's t-test p (scipy), the mean ± std of the per-seed differences (same seed = same
+initialisation and data order), and `beyond_spread` = Welch p < 0.05. --readme rewrites the
+table between the markers `<!-- table3:begin -->` and `<!-- table3:end -->` of that file.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from boxdepth import demo
+from boxdepth.fileio import atomic_write_json, atomic_write_text
+
+MARKERS = ("<!-- table3:begin -->", "<!-- table3:end -->")
+ALPHA = 0.05
+
+
+def run_one(out: Path, budget: int, variant: str, seed: int, extra: list[str]) -> None:
+    """Worker: train (or resume) and evaluate one run; its rows go to <run>/rows.json."""
+    data_dir = out / "data"
+    rows = demo.train_and_evaluate(variant, data_dir, out / f"b{budget}", seed,
+                                   demo.scaled_schedule(budget) + extra, progress=False)
+    atomic_write_json(demo.run_dir_of(out / f"b{budget}", variant, seed) / "rows.json", rows)
+
+
+def _rows_path(out: Path, budget: int, variant: str, seed: int) -> Path:
+    return demo.run_dir_of(out / f"b{budget}", variant, seed) / "rows.json"
+
+
+def _finished(path: Path) -> bool:
+    final = path.parent / "model_final.pth"
+    return path.exists() and final.exists() and path.stat().st_mtime >= final.stat().st_mtime
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.0f} min"
+
+
+def run_jobs(a: argparse.Namespace, jobs: list[tuple[str, int]]) -> None:
+    """Run the unfinished (variant, seed) jobs in --jobs subprocesses; one progress line per
+    finished job with the elapsed time and an ETA (mean wall time of the jobs so far)."""
+    todo = [j for j in jobs if not _finished(_rows_path(a.out, a.budget, *j))]
+    print(f"[table3] {len(jobs) - len(todo)} of {len(jobs)} runs finished already; "
+          f"{len(todo)} to run, {a.jobs} at a time, {a.threads} thread(s) each")
+    env = {**os.environ, "OMP_NUM_THREADS": str(a.threads), "MKL_NUM_THREADS": str(a.threads)}
+    running: dict[subprocess.Popen, tuple[str, int, float]] = {}
+    t0, done, failed, walls = time.time(), 0, [], []
+    while todo or running:
+        while todo and len(running) < a.jobs:
+            variant, seed = todo.pop(0)
+            log = _rows_path(a.out, a.budget, variant, seed).parent.with_suffix(".log")
+            log.parent.mkdir(parents=True, exist_ok=True)
+            cmd = [sys.executable, __file__, "--out", str(a.out), "--budget", str(a.budget),
+                   "--run", variant, str(seed), "--set", *a.set]
+            running[subprocess.Popen(cmd, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)] = (
+                variant, seed, time.time())
+        time.sleep(2)
+        for proc in [p for p in running if p.poll() is not None]:
+            variant, seed, start = running.pop(proc)
+            done += 1
+            if proc.returncode:
+                failed.append(f"{variant} seed {seed} (exit {proc.returncode}, log "
+                              f"{_rows_path(a.out, a.budget, variant, seed).parent.with_suffix('.log')})")
+            walls.append(time.time() - start)
+            left = len(todo) + len(running)
+            eta = statistics.fmean(walls) * left / a.jobs  # the jobs left, a.jobs at a time
+            print(f"[table3] {done}/{done + left} {variant} seed {seed}: {walls[-1]:.0f} s"
+                  f"{' FAILED' if proc.returncode else ''}; elapsed {_minutes(time.time() - t0)}, "
+                  f"ETA {_minutes(eta)}", flush=True)
+    if failed:
+        raise SystemExit("[table3] runs failed: " + "; ".join(failed))
+
+
+def compare(rows: list[dict], variant: str, reference: str) -> dict | None:
+    """Mask AP difference of `variant` to `reference` (percent points, see the docstring)."""
+    from scipy import stats
+
+    a = {r["seed"]: 100 * r["segm"]["AP"] for r in rows if r["variant"] == variant}
+    b = {r["seed"]: 100 * r["segm"]["AP"] for r in rows if r["variant"] == reference}
+    if variant == reference or len(a) < 2 or len(b) < 2:
+        return None
+    delta = statistics.fmean(a.values()) - statistics.fmean(b.values())
+    se = (statistics.variance(a.values()) / len(a) + statistics.variance(b.values()) / len(b)) ** 0.5
+    p = float(stats.ttest_ind(list(a.values()), list(b.values()), equal_var=False).pvalue) if se > 0 else 0.0
+    paired = [a[s] - b[s] for s in sorted(a.keys() & b.keys())]
+    return {"delta": round(delta, 4), "se": round(se, 4), "welch_p": round(p, 4),
+            "paired_delta_mean": round(statistics.fmean(paired), 4) if paired else None,
+            "paired_delta_std": round(statistics.stdev(paired), 4) if len(paired) > 1 else None,
+            "beyond_spread": p < ALPHA, "seeds": len(a), "reference_seeds": len(b)}
+
+
+def markdown_table(result: dict) -> str:
+    """The README's table: one line per variant, mask AP mean ± std and the verdict."""
+    ref = result["reference"]
+    lines = ["| variant | box AP | mask AP | mask AP50 | mask AP75 | vs " + ref + " (mask AP) | seeds |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for name, e in result["summary"].items():
+        def cell(k):
+            return f"{100 * e[f'{k}_mean']:.1f} ± {100 * e[f'{k}_std']:.1f}"
+        c = result["comparisons"].get(name)
+        if c is None:
+            verdict = "reference" if name == ref else "-"
+        else:
+            word = ("**better**" if c["delta"] > 0 else "**worse**") if c["beyond_spread"] else "within spread"
+            verdict = f"{c['delta']:+.1f} ± {c['se']:.1f}, p = {c['welch_p']:.3f}: {word}"
+        lines.append(f"| `{name}` | {cell('bbox_AP')} | {cell('segm_AP')} | {cell('segm_AP50')} | "
+                     f"{cell('segm_AP75')} | {verdict} | {e['n']} |")
+    return "\n".join(lines)
+
+
+def rewrite_readme(readme: Path, table: str, source: str) -> None:
+    text = readme.read_text()
+    begin, end = (text.find(m) for m in MARKERS)
+    if begin < 0 or end < begin:
+        raise SystemExit(f"{readme}: no {MARKERS[0]} ... {MARKERS[1]} block to rewrite")
+    block = f"{MARKERS[0]}\n<!-- generated from {source} by benchmarks/table3.py -->\n{table}\n"
+    atomic_write_text(readme, text[:begin] + block + text[end:])
+
+
+def collect(a: argparse.Namespace, names: list[str], data: dict) -> dict:
+    rows = []
+    for seed in range(a.seeds):
+        for name in names:
+            rows += json.loads(_rows_path(a.out, a.budget, name, seed).read_text())
+    order = list(dict.fromkeys(r["variant"] for r in rows))
+    summary = demo.summarize(rows)
+    return {"what": f"Table 3 at {a.budget} iterations on the embedded synthetic set, "
+                    f"{a.seeds} seeds, {a.threads} thread(s) per run",
+            "command": shlex.join([sys.executable, *sys.argv]), "reference": a.reference,
+            "alpha": ALPHA, "budget": a.budget, "seeds": a.seeds, "variants": {n: demo.VARIANTS[n] for n in names},
+            "extra": demo.scaled_schedule(a.budget) + a.set,
+            "environment": {"threads_per_run": a.threads, "jobs": a.jobs,
+                            **{k: os.environ.get(k) for k in ("MALLOC_ARENA_MAX", "LD_PRELOAD")}},
+            "data": {**data, "size": list(data["size"])}, "rows": rows, "summary": {n: summary[n] for n in order},
+            "comparisons": {n: compare(rows, n, a.reference) for n in order}}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path)
+    ap.add_argument("--budget", type=int, default=demo.FULL_BUDGET)
+    ap.add_argument("--seeds", type=int, default=demo.FULL_SEEDS)
+    ap.add_argument("--variants", nargs="+", default=demo.FULL_VARIANTS, choices=list(demo.VARIANTS))
+    ap.add_argument("--reference", default="boxinst")
+    ap.add_argument("--jobs", type=int, default=2, help="runs at once")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    ap.add_argument("--train", type=int, default=demo.DEMO_DATA["n_train"])
+    ap.add_argument("--val", type=int, default=demo.DEMO_DATA["n_val"])
+    ap.add_argument("--size", default="x".join(map(str, demo.DEMO_DATA["size"])), help="WxH of the images")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
+    ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--readme", type=Path, default=None)
+    ap.add_argument("--from-json", type=Path, default=None, help="only rewrite --readme from this JSON")
+    ap.add_argument("--run", nargs=2, metavar=("VARIANT", "SEED"), help=argparse.SUPPRESS)
+    a = ap.parse_args(argv)
+    if a.run:
+        run_one(a.out, a.budget, a.run[0], int(a.run[1]), a.set)
+        return 0
+    if a.from_json:
+        result = json.loads(a.from_json.read_text())
+        path = a.from_json
+    else:
+        if a.out is None:
+            ap.error("--out is required (or --from-json)")
+        names = list(dict.fromkeys([a.reference, *a.variants]))
+        w, h = (int(v) for v in a.size.split("x"))
+        data = {**demo.DEMO_DATA, "n_train": a.train, "n_val": a.val, "size": (w, h)}
+        data_dir, _ = demo.prepare_demo_data(a.out, data, progress=False)  # before the workers
+        if any("{exact}" in o for n in names for o in demo.VARIANTS[n]):
+            demo.prepare_demo_data(a.out, {**data, "depth_error": 0.0}, progress=False,
+                                   name=demo.exact_depth_dir(data_dir).name)
+        t0 = time.time()
+        run_jobs(a, [(n, s) for s in range(a.seeds) for n in names])
+        result = collect(a, names, data)
+        result["seconds_this_invocation"] = round(time.time() - t0, 1)
+        path = a.json or Path("benchmarks/results") / f"table3_{datetime.date.today()}.json"
+        atomic_write_json(path, result)
+        print(f"wrote {path}")
+    table = markdown_table(result)
+    print(table)
+    if a.readme:
+        rewrite_readme(a.readme, table, str(path))
+        print(f"rewrote the table in {a.readme}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

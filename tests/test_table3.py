@@ -1,0 +1,79 @@
+"""benchmarks/table3.py: the seed-spread verdict on hand-made rows, the README block, and a
+tiny end-to-end run through worker subprocesses."""
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import TINY_MODEL
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("table3", REPO / "benchmarks" / "table3.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _rows(variant, mask_aps):
+    return [{"variant": variant, "seed": s, "segm": {"AP": m / 100, "AP50": 0.5, "AP75": 0.2},
+             "bbox": {"AP": 0.3, "AP50": 0.6, "AP75": 0.3}} for s, m in enumerate(mask_aps)]
+
+
+def test_difference_beyond_the_seed_spread_needs_a_small_welch_p():
+    t3 = _load()
+    rows = _rows("boxinst", [26.0, 26.5, 27.0]) + _rows("far", [29.0, 29.5, 30.0]) + \
+        _rows("near", [25.0, 27.5, 28.0]) + _rows("one", [40.0])
+    far = t3.compare(rows, "far", "boxinst")
+    assert far["delta"] == pytest.approx(3.0) and far["beyond_spread"] and far["welch_p"] < 0.01
+    # sqrt(0.25/3 + 0.25/3): each row's sample variance is 0.25
+    assert far["se"] == pytest.approx(0.41, abs=0.01)
+    assert far["paired_delta_mean"] == pytest.approx(3.0) and far["paired_delta_std"] == pytest.approx(0.0)
+    near = t3.compare(rows, "near", "boxinst")  # +0.33 with a spread of 1.6: not beyond it
+    assert near["delta"] == pytest.approx(0.33, abs=0.01) and not near["beyond_spread"]
+    assert t3.compare(rows, "one", "boxinst") is None  # one seed has no spread
+    assert t3.compare(rows, "boxinst", "boxinst") is None
+
+
+def test_readme_block_is_rewritten_between_the_markers_only(tmp_path):
+    t3 = _load()
+    rows = _rows("boxinst", [26.0, 26.5, 27.0]) + _rows("worse", [10.0, 11.0, 12.0])
+    import boxdepth.demo as demo
+    result = {"reference": "boxinst", "summary": demo.summarize(rows),
+              "comparisons": {n: t3.compare(rows, n, "boxinst") for n in ("boxinst", "worse")}}
+    table = t3.markdown_table(result)
+    assert "| `boxinst` | 30.0 ± 0.0 | 26.5 ± 0.5 |" in table and "| reference | 3 |" in table
+    assert "-15.5 ± 0.6" in table and "**worse**" in table
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{t3.MARKERS[0]}\nold table\n{t3.MARKERS[1]}\noutro\n")
+    t3.rewrite_readme(readme, table, "results/x.json")
+    text = readme.read_text()
+    assert text.startswith("intro\n") and text.endswith(f"{t3.MARKERS[1]}\noutro\n")
+    assert "old table" not in text and "generated from results/x.json" in text and table in text
+    (tmp_path / "bare.md").write_text("no markers\n")
+    with pytest.raises(SystemExit, match="bare.md"):
+        t3.rewrite_readme(tmp_path / "bare.md", table, "x")
+    assert (tmp_path / "bare.md").read_text() == "no markers\n"
+
+
+@pytest.mark.slow
+def test_tiny_table_runs_workers_reuses_finished_runs_and_writes_json(tmp_path, capsys):
+    t3 = _load()
+    sets = TINY_MODEL + ["data.num_workers=0", "input.min_size_train=[64]", "input.max_size_train=128",
+                         "input.min_size_test=64", "input.max_size_test=128", "solver.ims_per_batch=2",
+                         "log.period=1", "log.tensorboard=false", "log.health_periods=0"]
+    args = ["--out", str(tmp_path / "runs"), "--budget", "2", "--seeds", "2", "--jobs", "2",
+            "--variants", "boxinst+dg", "--train", "4", "--val", "2", "--size", "96x64",
+            "--json", str(tmp_path / "t3.json"), "--set", *sets]
+    assert t3.main(args) == 0
+    result = json.loads((tmp_path / "t3.json").read_text())
+    assert sorted((r["variant"], r["seed"]) for r in result["rows"]) == [
+        ("box_as_mask", 0), ("box_as_mask", 1), ("boxinst", 0), ("boxinst", 1),
+        ("boxinst+dg", 0), ("boxinst+dg", 1)]
+    assert set(result["comparisons"]["boxinst+dg"]) >= {"delta", "se", "welch_p", "beyond_spread"}
+    assert "4 to run, 2 at a time" in capsys.readouterr().out
+    assert t3.main(args) == 0  # every run finished: nothing is trained again
+    assert "4 of 4 runs finished already; 0 to run" in capsys.readouterr().out
