@@ -14,7 +14,8 @@ on what else runs beside it); a finished run is reused (its rows.json), an inter
 resumes. The JSON holds every row, mean ± sample std per variant, and per variant the
 difference to --reference in mask AP: Delta, its standard error sqrt(s_a^2/n_a + s_b^2/n_b),
 Welch's t-test p (scipy), the mean ± std of the per-seed differences (same seed = same
-initialisation and data order), and `beyond_spread` = Welch p < 0.05. --readme rewrites the
+initialisation and data order), and `beyond_spread` = Welch p < 0.05. --collect trains
+nothing and tables the runs finished so far (the others listed under "missing"). --readme rewrites the
 table between the markers `<!-- table3:begin -->` and `<!-- table3:end -->` of that file.
 """
 from __future__ import annotations
@@ -140,20 +141,25 @@ def rewrite_readme(readme: Path, table: str, source: str) -> None:
 
 
 def collect(a: argparse.Namespace, names: list[str], data: dict) -> dict:
-    rows = []
+    rows, missing = [], []
     for seed in range(a.seeds):
         for name in names:
-            rows += json.loads(_rows_path(a.out, a.budget, name, seed).read_text())
+            path = _rows_path(a.out, a.budget, name, seed)
+            if _finished(path):
+                rows += json.loads(path.read_text())
+            else:  # only with --collect: the jobs ran otherwise
+                missing.append(f"{name} seed {seed}")
     order = list(dict.fromkeys(r["variant"] for r in rows))
     summary = demo.summarize(rows)
     return {"what": f"Table 3 at {a.budget} iterations on the embedded synthetic set, "
                     f"{a.seeds} seeds, {a.threads} thread(s) per run",
-            "command": shlex.join([sys.executable, *sys.argv]), "reference": a.reference,
+            "command": a.command, "reference": a.reference,
             "alpha": ALPHA, "budget": a.budget, "seeds": a.seeds, "variants": {n: demo.VARIANTS[n] for n in names},
             "extra": demo.scaled_schedule(a.budget) + a.set,
             "environment": {"threads_per_run": a.threads, "jobs": a.jobs,
                             **{k: os.environ.get(k) for k in ("MALLOC_ARENA_MAX", "LD_PRELOAD")}},
-            "data": {**data, "size": list(data["size"])}, "rows": rows, "summary": {n: summary[n] for n in order},
+            "data": {**data, "size": list(data["size"])}, "missing": missing, "rows": rows,
+            "summary": {n: summary[n] for n in order},
             "comparisons": {n: compare(rows, n, a.reference) for n in order}}
 
 
@@ -172,9 +178,12 @@ def main(argv=None) -> int:
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--readme", type=Path, default=None)
+    ap.add_argument("--collect", action="store_true",
+                    help="train nothing: the table of the runs finished so far, the rest listed as missing")
     ap.add_argument("--from-json", type=Path, default=None, help="only rewrite --readme from this JSON")
     ap.add_argument("--run", nargs=2, metavar=("VARIANT", "SEED"), help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
+    a.command = shlex.join(["python", "benchmarks/table3.py", *(sys.argv[1:] if argv is None else argv)])
     if a.run:
         run_one(a.out, a.budget, a.run[0], int(a.run[1]), a.set)
         return 0
@@ -192,12 +201,14 @@ def main(argv=None) -> int:
             demo.prepare_demo_data(a.out, {**data, "depth_error": 0.0}, progress=False,
                                    name=demo.exact_depth_dir(data_dir).name)
         t0 = time.time()
-        run_jobs(a, [(n, s) for s in range(a.seeds) for n in names])
+        if not a.collect:
+            run_jobs(a, [(n, s) for s in range(a.seeds) for n in names])
         result = collect(a, names, data)
         result["seconds_this_invocation"] = round(time.time() - t0, 1)
         path = a.json or Path("benchmarks/results") / f"table3_{datetime.date.today()}.json"
         atomic_write_json(path, result)
-        print(f"wrote {path}")
+        print(f"wrote {path}" + (f"; not finished, left out: {', '.join(result['missing'])}"
+                                 if result["missing"] else ""))
     table = markdown_table(result)
     print(table)
     if a.readme:

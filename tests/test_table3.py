@@ -77,3 +77,9 @@ def test_tiny_table_runs_workers_reuses_finished_runs_and_writes_json(tmp_path, 
     assert "4 to run, 2 at a time" in capsys.readouterr().out
     assert t3.main(args) == 0  # every run finished: nothing is trained again
     assert "4 of 4 runs finished already; 0 to run" in capsys.readouterr().out
+    (tmp_path / "runs" / "b2" / "boxinst+dg_seed1" / "rows.json").unlink()
+    assert t3.main([*args, "--collect"]) == 0  # tables what is finished, trains nothing
+    assert "to run" not in capsys.readouterr().out
+    result = json.loads((tmp_path / "t3.json").read_text())
+    assert result["missing"] == ["boxinst+dg seed 1"] and result["summary"]["boxinst+dg"]["n"] == 1
+    assert result["comparisons"]["boxinst+dg"] is None  # one seed: no spread to compare with
