@@ -56,6 +56,8 @@ VARIANTS.update({
     "distill_match+gated": [*VARIANTS["distill_match"], _GATED],
     "boxinst+dg+distill_match": [_DEPTH, "model.depth_head=true", "loss.depth_consistency.weight=0.0",
                                  "distill.enabled=true", "distill.match=depth"],
+    # its control without any depth: does the gain need depth, or is it self-distillation?
+    "boxinst+distill_iou": ["distill.enabled=true", "distill.match=iou"],
 })
 FULL_METHOD = "distill_match"  # the paper's full method: L_cons + DG head + self-distillation
 # `boxdepth demo` (the newcomer's ~10 minutes): BoxInst, the full method, the upper bound
@@ -68,7 +70,8 @@ QUICK_BUDGET = 500
 FULL_VARIANTS = ["boxinst", "boxinst+cons", "boxinst+dg", "boxinst+cons+dg", "boxinst+cons+dg@tau0.3",
                  "boxinst+cons+dg@tau0.7", "distill_iou", "distill_match", "mask_supervised",
                  "boxinst+cons@exact", "boxinst+dg@exact", "boxinst+cons+dg@exact", "distill_match@exact",
-                 "boxinst+gated", "boxinst+gated+dg", "boxinst+dg+distill_match", "distill_match+gated"]
+                 "boxinst+gated", "boxinst+gated+dg", "boxinst+dg+distill_match", "distill_match+gated",
+                 "boxinst+distill_iou"]
 FULL_SEEDS = 3
 FULL_BUDGET = 1000
 # rows computed from another variant's model: name -> (source variant, evaluation option)
