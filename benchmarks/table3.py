@@ -128,6 +128,9 @@ def markdown_table(result: dict) -> str:
             verdict = f"{c['delta']:+.1f} ± {c['se']:.1f}, p = {c['welch_p']:.3f}: {word}"
         lines.append(f"| `{name}` | {cell('bbox_AP')} | {cell('segm_AP')} | {cell('segm_AP50')} | "
                      f"{cell('segm_AP75')} | {verdict} | {e['n']} |")
+    if result.get("missing"):
+        n = len(result["missing"])
+        lines.append(f"\nNot run yet ({n} run{'s' if n > 1 else ''}): {', '.join(result['missing'])}.")
     return "\n".join(lines)
 
 

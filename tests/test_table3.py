@@ -83,3 +83,4 @@ def test_tiny_table_runs_workers_reuses_finished_runs_and_writes_json(tmp_path, 
     result = json.loads((tmp_path / "t3.json").read_text())
     assert result["missing"] == ["boxinst+dg seed 1"] and result["summary"]["boxinst+dg"]["n"] == 1
     assert result["comparisons"]["boxinst+dg"] is None  # one seed: no spread to compare with
+    assert "Not run yet (1 run): boxinst+dg seed 1." in t3.markdown_table(result)
