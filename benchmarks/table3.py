@@ -55,6 +55,28 @@ def _finished(path: Path) -> bool:
     return path.exists() and final.exists() and path.stat().st_mtime >= final.stat().st_mtime
 
 
+def load_imports(paths: list[Path], budget: int) -> dict[tuple[str, int], list[dict]]:
+    """Rows measured earlier, keyed (variant, seed): a table3 JSON's rows ("variant", "seed")
+    or a seed-0 JSON's rows ("row", "run_dir" ending in b<budget>/<variant>_seed<S>). Only a
+    row named like a demo variant at this budget counts (so no --set reading sneaks in)."""
+    out: dict[tuple[str, int], list[dict]] = {}
+    for path in paths:
+        for r in json.loads(path.read_text())["rows"]:
+            if "variant" in r:
+                key = (r["variant"], int(r["seed"]))
+            else:
+                run = Path(r.get("run_dir", ""))
+                name, _, seed = run.name.rpartition("_seed")
+                if r.get("row") != name or run.parent.name != f"b{budget}" or not seed.isdigit():
+                    continue
+                key = (name, int(seed))
+            if key[0] in demo.VARIANTS:
+                row = {k: v for k, v in r.items() if k not in ("row", "note")}
+                out.setdefault(key, []).append({**row, "variant": key[0], "seed": key[1],
+                                                "source": str(path)})
+    return out
+
+
 def _minutes(seconds: float) -> str:
     return f"{seconds / 60:.0f} min"
 
@@ -62,7 +84,7 @@ def _minutes(seconds: float) -> str:
 def run_jobs(a: argparse.Namespace, jobs: list[tuple[str, int]]) -> None:
     """Run the unfinished (variant, seed) jobs in --jobs subprocesses; one progress line per
     finished job with the elapsed time and an ETA (mean wall time of the jobs so far)."""
-    todo = [j for j in jobs if not _finished(_rows_path(a.out, a.budget, *j))]
+    todo = [j for j in jobs if not _finished(_rows_path(a.out, a.budget, *j)) and j not in a.imported]
     print(f"[table3] {len(jobs) - len(todo)} of {len(jobs)} runs finished already; "
           f"{len(todo)} to run, {a.jobs} at a time, {a.threads} thread(s) each")
     env = {**os.environ, "OMP_NUM_THREADS": str(a.threads), "MKL_NUM_THREADS": str(a.threads)}
@@ -128,6 +150,10 @@ def markdown_table(result: dict) -> str:
             verdict = f"{c['delta']:+.1f} ± {c['se']:.1f}, p = {c['welch_p']:.3f}: {word}"
         lines.append(f"| `{name}` | {cell('bbox_AP')} | {cell('segm_AP')} | {cell('segm_AP50')} | "
                      f"{cell('segm_AP75')} | {verdict} | {e['n']} |")
+    imp = result.get("imported") or {}
+    if imp.get("runs"):
+        lines.append(f"\nTaken from {', '.join(imp['from'])} (the same runs made earlier, "
+                     f"not rerun here): {', '.join(imp['runs'])}.")
     if result.get("missing"):
         n = len(result["missing"])
         lines.append(f"\nNot run yet ({n} run{'s' if n > 1 else ''}): {', '.join(result['missing'])}.")
@@ -144,12 +170,15 @@ def rewrite_readme(readme: Path, table: str, source: str) -> None:
 
 
 def collect(a: argparse.Namespace, names: list[str], data: dict) -> dict:
-    rows, missing = [], []
+    rows, missing, imported = [], [], []
     for seed in range(a.seeds):
         for name in names:
             path = _rows_path(a.out, a.budget, name, seed)
             if _finished(path):
                 rows += json.loads(path.read_text())
+            elif (name, seed) in a.imported:
+                rows += a.imported[name, seed]
+                imported.append(f"{name} seed {seed}")
             else:  # only with --collect: the jobs ran otherwise
                 missing.append(f"{name} seed {seed}")
     order = list(dict.fromkeys(r["variant"] for r in rows))
@@ -161,7 +190,8 @@ def collect(a: argparse.Namespace, names: list[str], data: dict) -> dict:
             "extra": demo.scaled_schedule(a.budget) + a.set,
             "environment": {"threads_per_run": a.threads, "jobs": a.jobs,
                             **{k: os.environ.get(k) for k in ("MALLOC_ARENA_MAX", "LD_PRELOAD")}},
-            "data": {**data, "size": list(data["size"])}, "missing": missing, "rows": rows,
+            "data": {**data, "size": list(data["size"])}, "missing": missing,
+            "imported": {"runs": imported, "from": [str(p) for p in a.import_rows]}, "rows": rows,
             "summary": {n: summary[n] for n in order},
             "comparisons": {n: compare(rows, n, a.reference) for n in order}}
 
@@ -183,6 +213,9 @@ def main(argv=None) -> int:
     ap.add_argument("--readme", type=Path, default=None)
     ap.add_argument("--collect", action="store_true",
                     help="train nothing: the table of the runs finished so far, the rest listed as missing")
+    ap.add_argument("--import-rows", type=Path, nargs="*", default=[], metavar="JSON",
+                    help="rows of runs made earlier (same budget, config and threads): those "
+                         "(variant, seed) are not rerun and are marked as imported")
     ap.add_argument("--from-json", type=Path, default=None, help="only rewrite --readme from this JSON")
     ap.add_argument("--run", nargs=2, metavar=("VARIANT", "SEED"), help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
@@ -203,6 +236,7 @@ def main(argv=None) -> int:
         if any("{exact}" in o for n in names for o in demo.VARIANTS[n]):
             demo.prepare_demo_data(a.out, {**data, "depth_error": 0.0}, progress=False,
                                    name=demo.exact_depth_dir(data_dir).name)
+        a.imported = load_imports(a.import_rows, a.budget)
         t0 = time.time()
         if not a.collect:
             run_jobs(a, [(n, s) for s in range(a.seeds) for n in names])

@@ -84,3 +84,29 @@ def test_tiny_table_runs_workers_reuses_finished_runs_and_writes_json(tmp_path, 
     assert result["missing"] == ["boxinst+dg seed 1"] and result["summary"]["boxinst+dg"]["n"] == 1
     assert result["comparisons"]["boxinst+dg"] is None  # one seed: no spread to compare with
     assert "Not run yet (1 run): boxinst+dg seed 1." in t3.markdown_table(result)
+    imported = tmp_path / "imported.json"  # an earlier measurement of the missing run
+    imported.write_text(json.dumps({"rows": _rows("boxinst+dg", [30.0, 31.0])}))
+    assert t3.main([*args, "--collect", "--import-rows", str(imported)]) == 0
+    result = json.loads((tmp_path / "t3.json").read_text())
+    assert result["missing"] == [] and result["imported"]["runs"] == ["boxinst+dg seed 1"]
+    assert [r["segm"]["AP"] for r in result["rows"] if r["variant"] == "boxinst+dg"][1] == pytest.approx(0.31)
+    assert "not rerun here): boxinst+dg seed 1." in t3.markdown_table(result)
+
+
+def test_imported_rows_are_keyed_by_variant_and_seed_and_skip_foreign_readings(tmp_path):
+    t3 = _load()
+    seg = {"AP": 0.25, "AP50": 0.5, "AP75": 0.2}
+    seed0 = {"rows": [  # the seed-0 JSON's layout: "row" + "run_dir"
+        {"row": "boxinst", "run_dir": "/r/b1000/boxinst_seed0", "note": "", "segm": seg, "bbox": seg},
+        {"row": "boxinst+cons+dg pairs=gated", "run_dir": "/r_g/b1000/boxinst+cons+dg_seed0",
+         "segm": seg, "bbox": seg},  # a --set reading, not the variant itself
+        {"row": "boxinst+dg", "run_dir": "/r/b500/boxinst+dg_seed0", "segm": seg, "bbox": seg}]}
+    table = {"rows": _rows("boxinst+dg", [20.0, 21.0])}  # table3's own layout
+    (tmp_path / "a.json").write_text(json.dumps(seed0))
+    (tmp_path / "b.json").write_text(json.dumps(table))
+    got = t3.load_imports([tmp_path / "a.json", tmp_path / "b.json"], budget=1000)
+    assert sorted(got) == [("boxinst", 0), ("boxinst+dg", 0), ("boxinst+dg", 1)]
+    assert got["boxinst+dg", 0][0]["segm"]["AP"] == pytest.approx(0.20)  # not the b500 row
+    row = got["boxinst", 0][0]
+    assert row["variant"] == "boxinst" and row["seed"] == 0 and "row" not in row
+    assert row["source"] == str(tmp_path / "a.json")
