@@ -140,10 +140,14 @@ def markdown_table(result: dict) -> str:
     lines = ["| variant | box AP | mask AP | mask AP50 | mask AP75 | vs " + ref + " (mask AP) | seeds |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for name, e in result["summary"].items():
-        def cell(k):
-            return f"{100 * e[f'{k}_mean']:.1f} ± {100 * e[f'{k}_std']:.1f}"
+        def cell(k):  # one seed has no spread: no "± 0.0" that would read as a measured one
+            sd = f" ± {100 * e[f'{k}_std']:.1f}" if e["n"] > 1 else ""
+            return f"{100 * e[f'{k}_mean']:.1f}{sd}"
         c = result["comparisons"].get(name)
-        if c is None:
+        if c is None and name != ref and ref in result["summary"]:
+            d = 100 * (e["segm_AP_mean"] - result["summary"][ref]["segm_AP_mean"])
+            verdict = f"{d:+.1f} (one seed: no spread to compare with)"
+        elif c is None:
             verdict = "reference" if name == ref else "-"
         else:
             word = ("**better**" if c["delta"] > 0 else "**worse**") if c["beyond_spread"] else "within spread"

@@ -40,13 +40,16 @@ def test_difference_beyond_the_seed_spread_needs_a_small_welch_p():
 
 def test_readme_block_is_rewritten_between_the_markers_only(tmp_path):
     t3 = _load()
-    rows = _rows("boxinst", [26.0, 26.5, 27.0]) + _rows("worse", [10.0, 11.0, 12.0])
+    rows = (_rows("boxinst", [26.0, 26.5, 27.0]) + _rows("worse", [10.0, 11.0, 12.0])
+            + _rows("single", [29.0]))
     import boxdepth.demo as demo
     result = {"reference": "boxinst", "summary": demo.summarize(rows),
-              "comparisons": {n: t3.compare(rows, n, "boxinst") for n in ("boxinst", "worse")}}
+              "comparisons": {n: t3.compare(rows, n, "boxinst") for n in ("boxinst", "worse", "single")}}
     table = t3.markdown_table(result)
     assert "| `boxinst` | 30.0 ± 0.0 | 26.5 ± 0.5 |" in table and "| reference | 3 |" in table
     assert "-15.5 ± 0.6" in table and "**worse**" in table
+    # one seed: the mean alone (no "± 0.0"), its difference, and no verdict
+    assert "| `single` | 30.0 | 29.0 |" in table and "+2.5 (one seed: no spread to compare with) | 1 |" in table
     readme = tmp_path / "README.md"
     readme.write_text(f"intro\n{t3.MARKERS[0]}\nold table\n{t3.MARKERS[1]}\noutro\n")
     t3.rewrite_readme(readme, table, "results/x.json")
