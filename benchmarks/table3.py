@@ -63,17 +63,18 @@ def load_imports(paths: list[Path], budget: int) -> dict[tuple[str, int], list[d
     for path in paths:
         for r in json.loads(path.read_text())["rows"]:
             if "variant" in r:
-                key = (r["variant"], int(r["seed"]))
+                variant, seed = r["variant"], int(r["seed"])
             else:
                 run = Path(r.get("run_dir", ""))
-                name, _, seed = run.name.rpartition("_seed")
-                if r.get("row") != name or run.parent.name != f"b{budget}" or not seed.isdigit():
+                variant, _, s = run.name.rpartition("_seed")
+                if r.get("row") != variant or run.parent.name != f"b{budget}" or not s.isdigit():
                     continue
-                key = (name, int(seed))
-            if key[0] in demo.VARIANTS:
+                seed = int(s)
+            source = demo.DERIVED.get(variant, variant)  # box_as_mask belongs to boxinst's run
+            if source in demo.VARIANTS:
                 row = {k: v for k, v in r.items() if k not in ("row", "note")}
-                out.setdefault(key, []).append({**row, "variant": key[0], "seed": key[1],
-                                                "source": str(path)})
+                out.setdefault((source, seed), []).append({**row, "variant": variant, "seed": seed,
+                                                           "source": str(path)})
     return out
 
 
@@ -144,14 +145,17 @@ def markdown_table(result: dict) -> str:
             sd = f" ± {100 * e[f'{k}_std']:.1f}" if e["n"] > 1 else ""
             return f"{100 * e[f'{k}_mean']:.1f}{sd}"
         c = result["comparisons"].get(name)
-        if c is None and name != ref and ref in result["summary"]:
-            d = 100 * (e["segm_AP_mean"] - result["summary"][ref]["segm_AP_mean"])
-            verdict = f"{d:+.1f} (one seed: no spread to compare with)"
-        elif c is None:
-            verdict = "reference" if name == ref else "-"
-        else:
+        if c is not None:
             word = ("**better**" if c["delta"] > 0 else "**worse**") if c["beyond_spread"] else "within spread"
             verdict = f"{c['delta']:+.1f} ± {c['se']:.1f}, p = {c['welch_p']:.3f}: {word}"
+        elif name == ref:
+            verdict = "reference"
+        elif ref in result["summary"]:  # compare() needs 2 seeds on both sides
+            d = 100 * (e["segm_AP_mean"] - result["summary"][ref]["segm_AP_mean"])
+            few = "one seed" if e["n"] < 2 else f"one {ref} seed"
+            verdict = f"{d:+.1f} ({few}: no spread to compare with)"
+        else:
+            verdict = "-"
         lines.append(f"| `{name}` | {cell('bbox_AP')} | {cell('segm_AP')} | {cell('segm_AP50')} | "
                      f"{cell('segm_AP75')} | {verdict} | {e['n']} |")
     imp = result.get("imported") or {}

@@ -50,6 +50,10 @@ def test_readme_block_is_rewritten_between_the_markers_only(tmp_path):
     assert "-15.5 ± 0.6" in table and "**worse**" in table
     # one seed: the mean alone (no "± 0.0"), its difference, and no verdict
     assert "| `single` | 30.0 | 29.0 |" in table and "+2.5 (one seed: no spread to compare with) | 1 |" in table
+    one_ref = _rows("boxinst", [26.0]) + _rows("three", [27.0, 28.0, 29.0])
+    table = t3.markdown_table({"reference": "boxinst", "summary": demo.summarize(one_ref),
+                               "comparisons": {"boxinst": None, "three": None}})
+    assert "+2.0 (one boxinst seed: no spread to compare with) | 3 |" in table
     readme = tmp_path / "README.md"
     readme.write_text(f"intro\n{t3.MARKERS[0]}\nold table\n{t3.MARKERS[1]}\noutro\n")
     t3.rewrite_readme(readme, table, "results/x.json")
@@ -104,11 +108,14 @@ def test_imported_rows_are_keyed_by_variant_and_seed_and_skip_foreign_readings(t
         {"row": "boxinst+cons+dg pairs=gated", "run_dir": "/r_g/b1000/boxinst+cons+dg_seed0",
          "segm": seg, "bbox": seg},  # a --set reading, not the variant itself
         {"row": "boxinst+dg", "run_dir": "/r/b500/boxinst+dg_seed0", "segm": seg, "bbox": seg}]}
-    table = {"rows": _rows("boxinst+dg", [20.0, 21.0])}  # table3's own layout
+    table = {"rows": _rows("boxinst+dg", [20.0, 21.0])  # table3's own layout
+             + _rows("box_as_mask", [14.0, 15.0])}  # scored from boxinst's runs
     (tmp_path / "a.json").write_text(json.dumps(seed0))
     (tmp_path / "b.json").write_text(json.dumps(table))
     got = t3.load_imports([tmp_path / "a.json", tmp_path / "b.json"], budget=1000)
-    assert sorted(got) == [("boxinst", 0), ("boxinst+dg", 0), ("boxinst+dg", 1)]
+    assert sorted(got) == [("boxinst", 0), ("boxinst", 1), ("boxinst+dg", 0), ("boxinst+dg", 1)]
+    assert [r["variant"] for r in got["boxinst", 0]] == ["boxinst", "box_as_mask"]
+    assert got["boxinst", 1][0]["variant"] == "box_as_mask" and got["boxinst", 1][0]["seed"] == 1
     assert got["boxinst+dg", 0][0]["segm"]["AP"] == pytest.approx(0.20)  # not the b500 row
     row = got["boxinst", 0][0]
     assert row["variant"] == "boxinst" and row["seed"] == 0 and "row" not in row
