@@ -50,6 +50,12 @@ def _rows_path(out: Path, budget: int, variant: str, seed: int) -> Path:
     return demo.run_dir_of(out / f"b{budget}", variant, seed) / "rows.json"
 
 
+def _log_path(out: Path, budget: int, variant: str, seed: int) -> Path:
+    """<run>.log beside the run folder (not with_suffix: "@tau0.3_seed0" has a dot of its own)."""
+    run = demo.run_dir_of(out / f"b{budget}", variant, seed)
+    return run.parent / f"{run.name}.log"
+
+
 def _finished(path: Path) -> bool:
     final = path.parent / "model_final.pth"
     return path.exists() and final.exists() and path.stat().st_mtime >= final.stat().st_mtime
@@ -94,7 +100,7 @@ def run_jobs(a: argparse.Namespace, jobs: list[tuple[str, int]]) -> None:
     while todo or running:
         while todo and len(running) < a.jobs:
             variant, seed = todo.pop(0)
-            log = _rows_path(a.out, a.budget, variant, seed).parent.with_suffix(".log")
+            log = _log_path(a.out, a.budget, variant, seed)
             log.parent.mkdir(parents=True, exist_ok=True)
             cmd = [sys.executable, __file__, "--out", str(a.out), "--budget", str(a.budget),
                    "--run", variant, str(seed), "--set", *a.set]
@@ -106,7 +112,7 @@ def run_jobs(a: argparse.Namespace, jobs: list[tuple[str, int]]) -> None:
             done += 1
             if proc.returncode:
                 failed.append(f"{variant} seed {seed} (exit {proc.returncode}, log "
-                              f"{_rows_path(a.out, a.budget, variant, seed).parent.with_suffix('.log')})")
+                              f"{_log_path(a.out, a.budget, variant, seed)})")
             walls.append(time.time() - start)
             left = len(todo) + len(running)
             eta = statistics.fmean(walls) * left / a.jobs  # the jobs left, a.jobs at a time

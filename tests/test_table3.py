@@ -120,3 +120,10 @@ def test_imported_rows_are_keyed_by_variant_and_seed_and_skip_foreign_readings(t
     row = got["boxinst", 0][0]
     assert row["variant"] == "boxinst" and row["seed"] == 0 and "row" not in row
     assert row["source"] == str(tmp_path / "a.json")
+
+
+def test_each_run_has_its_own_log_even_with_a_dot_in_the_variant(tmp_path):
+    t3 = _load()  # "@tau0.3" and "@tau0.7" once both wrote b1000/boxinst+cons+dg@tau0.log
+    logs = {t3._log_path(tmp_path, 1000, f"boxinst+cons+dg@tau{t}", s) for t in ("0.3", "0.7") for s in (0, 1)}
+    assert len(logs) == 4
+    assert tmp_path / "b1000" / "boxinst+cons+dg@tau0.3_seed1.log" in logs
