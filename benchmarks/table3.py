@@ -153,7 +153,8 @@ def markdown_table(result: dict) -> str:
         c = result["comparisons"].get(name)
         if c is not None:
             word = ("**better**" if c["delta"] > 0 else "**worse**") if c["beyond_spread"] else "within spread"
-            verdict = f"{c['delta']:+.1f} ± {c['se']:.1f}, p = {c['welch_p']:.3f}: {word}"
+            p = "p < 0.001" if c["welch_p"] < 0.001 else f"p = {c['welch_p']:.3f}"
+            verdict = f"{c['delta']:+.1f} ± {c['se']:.1f}, {p}: {word}"
         elif name == ref:
             verdict = "reference"
         elif ref in result["summary"]:  # compare() needs 2 seeds on both sides

@@ -47,7 +47,7 @@ def test_readme_block_is_rewritten_between_the_markers_only(tmp_path):
               "comparisons": {n: t3.compare(rows, n, "boxinst") for n in ("boxinst", "worse", "single")}}
     table = t3.markdown_table(result)
     assert "| `boxinst` | 30.0 ± 0.0 | 26.5 ± 0.5 |" in table and "| reference | 3 |" in table
-    assert "-15.5 ± 0.6" in table and "**worse**" in table
+    assert "-15.5 ± 0.6, p < 0.001: **worse**" in table  # not "p = 0.000"
     # one seed: the mean alone (no "± 0.0"), its difference, and no verdict
     assert "| `single` | 30.0 | 29.0 |" in table and "+2.5 (one seed: no spread to compare with) | 1 |" in table
     one_ref = _rows("boxinst", [26.0]) + _rows("three", [27.0, 28.0, 29.0])
