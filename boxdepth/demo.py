@@ -44,6 +44,12 @@ VARIANTS: dict[str, list[str]] = {
 # tell the method from our pseudo-depth degradation
 VARIANTS.update({f"boxinst+cons+dg@tau{t}": [*_FULL, f"loss.depth_consistency.tau={t}"]
                  for t in ("0.3", "0.7")})
+# Fidelity audit (benchmarks/README.md): the paper's other readings of L_cons, on the both row
+VARIANTS.update({f"boxinst+cons+dg@{name}": [*_FULL, f"loss.depth_consistency.{o}"] for name, o in (
+    ("kappa1", "kappa=1"),                # Eq. 3's kappa on SPEC's d255 scale
+    ("d01", "kappa=0.0039216"),           # Eq. 3 on d in [0, 1] as Eq. 2 reads it (1/255 on d255)
+    ("shared", "pairs=shared"),           # one normaliser over colour and depth pairs
+    ("nobox", "inside_box=false"))})      # Eq. 4 has no box restriction
 VARIANTS.update({f"{n}@exact": [o.replace("{data}/depth", "{exact}/depth") for o in VARIANTS[n]]
                  for n in ("boxinst+cons", "boxinst+dg", "boxinst+cons+dg", "distill_match")})
 # Designed variants (issue 9 part 5, not the paper's): colour pairs gated by depth agreement
@@ -66,9 +72,12 @@ DEFAULT_SEEDS = 1
 # the quick demo's budget: the config's 250-iteration schedule doubled, since at 250 mask AP
 # still moves by several points with float noise alone (learning curve, benchmarks/README.md)
 QUICK_BUDGET = 500
-# `boxdepth demo --full`: Table 3a/3b/3c and the exact-depth rows at FULL_BUDGET, 3 seeds
+# `boxdepth demo --full`: Table 3a/3b/3c, the audit's readings and the exact-depth rows at
+# FULL_BUDGET, 3 seeds
 FULL_VARIANTS = ["boxinst", "boxinst+cons", "boxinst+dg", "boxinst+cons+dg", "boxinst+cons+dg@tau0.3",
-                 "boxinst+cons+dg@tau0.7", "distill_iou", "distill_match", "mask_supervised",
+                 "boxinst+cons+dg@tau0.7", "boxinst+cons+dg@kappa1", "boxinst+cons+dg@d01",
+                 "boxinst+cons+dg@shared", "boxinst+cons+dg@nobox", "distill_iou", "distill_match",
+                 "mask_supervised",
                  "boxinst+cons@exact", "boxinst+dg@exact", "boxinst+cons+dg@exact", "distill_match@exact",
                  "boxinst+gated", "boxinst+gated+dg", "boxinst+dg+distill_match", "distill_match+gated",
                  "boxinst+distill_iou"]

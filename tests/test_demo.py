@@ -113,6 +113,13 @@ def test_demo_default_is_the_quick_comparison_and_full_is_table_3():
     # the Table 3b rows change only tau_d; the exact-depth rows only the depth folder
     assert demo.VARIANTS["boxinst+cons+dg@tau0.3"] == [*demo.VARIANTS["boxinst+cons+dg"],
                                                         "loss.depth_consistency.tau=0.3"]
+    # the audit's readings of L_cons: one override each on the both row, resolved by the config
+    for name, key, value in (("kappa1", "kappa", 1.0), ("d01", "kappa", 0.0039216),
+                             ("shared", "pairs", "shared"), ("nobox", "inside_box", False)):
+        extra = [o for o in demo.VARIANTS[f"boxinst+cons+dg@{name}"] if o not in demo.VARIANTS["boxinst+cons+dg"]]
+        assert len(extra) == 1
+        cfg = demo.variant_config(f"boxinst+cons+dg@{name}", Path("/d"), 0)
+        assert getattr(cfg.loss.depth_consistency, key) == value and cfg.model.depth_head
     assert demo.VARIANTS["distill_match@exact"] == [
         o.replace("{data}/depth", "{exact}/depth") for o in demo.VARIANTS["distill_match"]]
     cfg = demo.variant_config("boxinst+cons@exact", Path("/d/data"), 0)
