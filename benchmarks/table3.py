@@ -79,8 +79,8 @@ def load_imports(paths: list[Path], budget: int) -> dict[tuple[str, int], list[d
             source = demo.DERIVED.get(variant, variant)  # box_as_mask belongs to boxinst's run
             if source in demo.VARIANTS:
                 row = {k: v for k, v in r.items() if k not in ("row", "note")}
-                out.setdefault((source, seed), []).append({**row, "variant": variant, "seed": seed,
-                                                           "source": str(path)})
+                out.setdefault((source, seed), []).append({  # a row imported twice keeps its origin
+                    **row, "variant": variant, "seed": seed, "source": r.get("source", str(path))})
     return out
 
 
@@ -168,11 +168,20 @@ def markdown_table(result: dict) -> str:
     imp = result.get("imported") or {}
     if imp.get("runs"):
         lines.append(f"\nTaken from {', '.join(imp['from'])} (the same runs made earlier, "
-                     f"not rerun here): {', '.join(imp['runs'])}.")
+                     f"not rerun here): {_by_variant(imp['runs'])}.")
     if result.get("missing"):
         n = len(result["missing"])
-        lines.append(f"\nNot run yet ({n} run{'s' if n > 1 else ''}): {', '.join(result['missing'])}.")
+        lines.append(f"\nNot run yet ({n} run{'s' if n > 1 else ''}): {_by_variant(result['missing'])}.")
     return "\n".join(lines)
+
+
+def _by_variant(runs: list[str]) -> str:
+    """["a seed 0", "a seed 1", "b seed 2"] -> "a seeds 0, 1; b seed 2" (one entry per variant)."""
+    seeds: dict[str, list[str]] = {}
+    for run in runs:
+        name, _, seed = run.rpartition(" seed ")
+        seeds.setdefault(name, []).append(seed)
+    return "; ".join(f"{n} seed{'s' if len(s) > 1 else ''} {', '.join(s)}" for n, s in seeds.items())
 
 
 def rewrite_readme(readme: Path, table: str, source: str) -> None:

@@ -120,6 +120,9 @@ def test_imported_rows_are_keyed_by_variant_and_seed_and_skip_foreign_readings(t
     row = got["boxinst", 0][0]
     assert row["variant"] == "boxinst" and row["seed"] == 0 and "row" not in row
     assert row["source"] == str(tmp_path / "a.json")
+    # a table that imported a run itself: the run keeps the JSON it was first measured in
+    (tmp_path / "c.json").write_text(json.dumps({"rows": [{**_rows("boxinst+dg", [20.0])[0], "source": "first.json"}]}))
+    assert t3.load_imports([tmp_path / "c.json"], budget=1000)["boxinst+dg", 0][0]["source"] == "first.json"
 
 
 def test_each_run_has_its_own_log_even_with_a_dot_in_the_variant(tmp_path):
@@ -127,3 +130,10 @@ def test_each_run_has_its_own_log_even_with_a_dot_in_the_variant(tmp_path):
     logs = {t3._log_path(tmp_path, 1000, f"boxinst+cons+dg@tau{t}", s) for t in ("0.3", "0.7") for s in (0, 1)}
     assert len(logs) == 4
     assert tmp_path / "b1000" / "boxinst+cons+dg@tau0.3_seed1.log" in logs
+
+
+def test_run_lists_are_grouped_by_variant():
+    t3 = _load()
+    assert t3._by_variant(["a seed 0", "b+c@tau0.3 seed 2", "a seed 1"]) == "a seeds 0, 1; b+c@tau0.3 seed 2"
+    assert t3._by_variant([]) == ""
+
