@@ -44,14 +44,14 @@ VARIANTS: dict[str, list[str]] = {
 # tell the method from our pseudo-depth degradation
 VARIANTS.update({f"boxinst+cons+dg@tau{t}": [*_FULL, f"loss.depth_consistency.tau={t}"]
                  for t in ("0.3", "0.7")})
+VARIANTS.update({f"{n}@exact": [o.replace("{data}/depth", "{exact}/depth") for o in VARIANTS[n]]
+                 for n in ("boxinst+cons", "boxinst+dg", "boxinst+cons+dg", "distill_match")})
 # Fidelity audit (benchmarks/README.md): the paper's other readings of L_cons, on the both row
 VARIANTS.update({f"boxinst+cons+dg@{name}": [*_FULL, f"loss.depth_consistency.{o}"] for name, o in (
     ("kappa1", "kappa=1"),                # Eq. 3's kappa on SPEC's d255 scale
     ("d01", "kappa=0.0039216"),           # Eq. 3 on d in [0, 1] as Eq. 2 reads it (1/255 on d255)
     ("shared", "pairs=shared"),           # one normaliser over colour and depth pairs
     ("nobox", "inside_box=false"))})      # Eq. 4 has no box restriction
-VARIANTS.update({f"{n}@exact": [o.replace("{data}/depth", "{exact}/depth") for o in VARIANTS[n]]
-                 for n in ("boxinst+cons", "boxinst+dg", "boxinst+cons+dg", "distill_match")})
 # Designed variants (issue 9 part 5, not the paper's): colour pairs gated by depth agreement
 # in place of L_cons's own pairs (loss.depth_consistency.pairs=gated), and the full method
 # with that gate or with the DG head and self-distillation but no L_cons
