@@ -30,6 +30,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import IO
 
 from boxdepth import demo
 from boxdepth.fileio import atomic_write_json, atomic_write_text
@@ -95,7 +96,7 @@ def run_jobs(a: argparse.Namespace, jobs: list[tuple[str, int]]) -> None:
     print(f"[table3] {len(jobs) - len(todo)} of {len(jobs)} runs finished already; "
           f"{len(todo)} to run, {a.jobs} at a time, {a.threads} thread(s) each")
     env = {**os.environ, "OMP_NUM_THREADS": str(a.threads), "MKL_NUM_THREADS": str(a.threads)}
-    running: dict[subprocess.Popen, tuple[str, int, float]] = {}
+    running: dict[subprocess.Popen, tuple[str, int, float, Path, IO[str]]] = {}
     t0, done, failed, walls = time.time(), 0, [], []
     while todo or running:
         while todo and len(running) < a.jobs:
@@ -104,15 +105,16 @@ def run_jobs(a: argparse.Namespace, jobs: list[tuple[str, int]]) -> None:
             log.parent.mkdir(parents=True, exist_ok=True)
             cmd = [sys.executable, __file__, "--out", str(a.out), "--budget", str(a.budget),
                    "--run", variant, str(seed), "--set", *a.set]
-            running[subprocess.Popen(cmd, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)] = (
-                variant, seed, time.time())
+            fh = log.open("w")
+            running[subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT)] = (
+                variant, seed, time.time(), log, fh)
         time.sleep(2)
         for proc in [p for p in running if p.poll() is not None]:
-            variant, seed, start = running.pop(proc)
+            variant, seed, start, log, fh = running.pop(proc)
+            fh.close()
             done += 1
             if proc.returncode:
-                failed.append(f"{variant} seed {seed} (exit {proc.returncode}, log "
-                              f"{_log_path(a.out, a.budget, variant, seed)})")
+                failed.append(f"{variant} seed {seed} (exit {proc.returncode}, log {log})")
             walls.append(time.time() - start)
             left = len(todo) + len(running)
             eta = statistics.fmean(walls) * left / a.jobs  # the jobs left, a.jobs at a time

@@ -137,3 +137,16 @@ def test_run_lists_are_grouped_by_variant():
     assert t3._by_variant(["a seed 0", "b+c@tau0.3 seed 2", "a seed 1"]) == "a seeds 0, 1; b+c@tau0.3 seed 2"
     assert t3._by_variant([]) == ""
 
+
+
+def test_a_failed_worker_is_named_with_its_own_log(tmp_path):
+    t3 = _load()  # a bad override makes each worker exit non-zero before it trains
+    args = ["--out", str(tmp_path / "runs"), "--budget", "2", "--seeds", "1", "--jobs", "2",
+            "--variants", "boxinst+cons+dg@tau0.3", "--train", "2", "--val", "1", "--size", "64x48",
+            "--json", str(tmp_path / "t3.json"), "--set", "no_such.key=1"]
+    with pytest.raises(SystemExit) as failed:
+        t3.main(args)
+    log = tmp_path / "runs" / "b2" / "boxinst+cons+dg@tau0.3_seed0.log"
+    assert f"log {log})" in str(failed.value) and "boxinst seed 0 (exit" in str(failed.value)
+    assert "no_such" in log.read_text()  # the worker's own error, in its own log
+    assert not (tmp_path / "t3.json").exists()  # nothing tabled from failed runs
