@@ -125,7 +125,7 @@ def data_overrides(data_dir: Path) -> list[str]:
 
 
 def run_dir_of(out_dir: Path, name: str, seed: int) -> Path:
-    """The folder of one demo run (viz/demo_panel.py reads the same layout)."""
+    """The folder of one demo run."""
     return Path(out_dir) / f"{name}_seed{seed}"
 
 
@@ -366,7 +366,7 @@ def run_demo(out_dir: str | Path = "runs/demo", *, seeds: int | None = None, var
     atomic_write_json(out_dir / "results.json", result)
     print(format_table(table))
     from boxdepth.viz.demo_panel import write_demo_panel
-    print(f"wrote {write_demo_panel(out_dir, data_dir, names, seed=0)}")
+    print(f"wrote {write_demo_panel(out_dir, data_dir, {n: run_dir_of(out_dir, n, 0) for n in names})}")
     depth_variants = [n for n in names if any(o.startswith("data.depth_root") for o in VARIANTS[n])]
     if depth_variants:
         write_depth_panels(out_dir, data_dir, depth_variants[-1])

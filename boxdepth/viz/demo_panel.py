@@ -20,9 +20,11 @@ def _gt_instances(val: dict, image: dict) -> tuple[np.ndarray, np.ndarray, list[
     return masks, boxes, [names[a["category_id"]] for a in anns]
 
 
-def write_demo_panel(out_dir: Path, data_dir: Path, variants: list[str], *, seed: int = 0,
+def write_demo_panel(out_dir: Path, data_dir: Path, runs: dict[str, Path], *,
                      num_images: int = 4, score_thresh: float = 0.5) -> Path:
-    """<out_dir>/panel.png: rows = val images; columns = ground truth, then each variant."""
+    """<out_dir>/panel.png: rows = the first `num_images` images of <data_dir>/val.json;
+    columns = ground truth, then one per entry of `runs` (column title -> run folder holding
+    model_final.pth), detections with score >= `score_thresh`."""
     from boxdepth.data.transforms import TestTransform
     from boxdepth.engine.inference import load_trained_model
     from boxdepth.engine.predict import predict_image
@@ -33,8 +35,8 @@ def write_demo_panel(out_dir: Path, data_dir: Path, variants: list[str], *, seed
     pictures = [load_image_rgb(data_dir / "images" / im["file_name"]) for im in images]
     rows = [[overlay_instances(pic, *_gt_instances(val, im)[:2], labels=_gt_instances(val, im)[2])]
             for pic, im in zip(pictures, images)]
-    for name in variants:
-        model, cfg, meta = load_trained_model(out_dir / f"{name}_seed{seed}" / "model_final.pth", "cpu")
+    for run_dir in runs.values():
+        model, cfg, meta = load_trained_model(Path(run_dir) / "model_final.pth", "cpu")
         transform = TestTransform(cfg.input.min_size_test, cfg.input.max_size_test)
         class_names = meta.get("class_names") or [str(i) for i in range(cfg.model.fcos.num_classes)]
         for row, pic in zip(rows, pictures):
@@ -43,7 +45,7 @@ def write_demo_panel(out_dir: Path, data_dir: Path, variants: list[str], *, seed
             row.append(overlay_instances(pic, det["masks"][keep], det["boxes"][keep],
                                          labels=[class_names[i] for i in det["labels"][keep]],
                                          scores=det["scores"][keep]))
-    panel = make_panel(rows, titles=["ground truth", *variants])
+    panel = make_panel(rows, titles=["ground truth", *runs])
     path = Path(out_dir) / "panel.png"
     save_png(path, panel)
     return path
