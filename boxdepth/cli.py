@@ -11,19 +11,9 @@ import logging
 import sys
 from pathlib import Path
 
-from boxdepth import __version__
+from boxdepth.cli_args import build_parser, parse_cli  # noqa: F401  (the public entry points)
 
 log = logging.getLogger("boxdepth")
-
-
-def _parse_size(text: str) -> tuple[int, int]:
-    try:
-        w, h = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size must look like 256x192, got {text!r}") from None
-    if w < 32 or h < 32:
-        raise argparse.ArgumentTypeError(f"size {text} is too small (at least 32x32)")
-    return w, h
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
@@ -141,14 +131,6 @@ def cmd_viz(args: argparse.Namespace) -> int:
     return 0
 
 
-def _parse_hw(text: str) -> tuple[int, int]:
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size must look like HxW, e.g. 192x256, got {text!r}") from None
-    return h, w
-
-
 def cmd_export(args: argparse.Namespace) -> int:
     from boxdepth.config import load_config
     from boxdepth.export.exporter import export_model
@@ -179,154 +161,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="boxdepth", description=__doc__.splitlines()[0])
-    p.add_argument("--version", action="version", version=f"boxdepth {__version__}")
-    p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    s = sub.add_parser("synth", help="generate the embedded synthetic RGB-D dataset")
-    s.add_argument("--out", required=True, type=Path, help="output folder")
-    s.add_argument("--train", type=int, default=300, help="training images (default 300)")
-    s.add_argument("--val", type=int, default=100, help="validation images (default 100)")
-    s.add_argument("--size", type=_parse_size, default=(256, 192), help="WxH (default 256x192)")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--camouflage", type=float, default=0.3,
-                   help="fraction of objects coloured like their surroundings (default 0.3)")
-    s.add_argument("--depth-error", type=float, default=1.0,
-                   help="pseudo-depth degradation level; 0 = exact (default 1.0)")
-    s.add_argument("--quiet", action="store_true", help="no progress bar")
-    s.set_defaults(func=cmd_synth)
-
-    s = sub.add_parser("inspect", help="load a COCO dataset as training would and summarise it")
-    s.add_argument("--json", required=True, type=Path, help="COCO annotation file")
-    s.add_argument("--images", required=True, type=Path, help="image root")
-    s.add_argument("--depth", type=Path, default=None, help="pseudo-depth root (optional)")
-    s.add_argument("--skip-bad-images", action="store_true")
-    s.add_argument("--allow-missing-depth", action="store_true")
-    s.set_defaults(func=cmd_inspect)
-
-    s = sub.add_parser("train", help="train a model (plain python or under torchrun)")
-    s.add_argument("config", help="YAML config (path or packaged name, e.g. synth_boxinst)")
-    s.add_argument("overrides", nargs="*", help="key=value config overrides")
-    s.add_argument("--out", required=True, type=Path, help="run directory")
-    s.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
-    s.add_argument("--no-eval", action="store_true", help="skip the evaluation at the end")
-    s.add_argument("--quiet", action="store_true", help="no progress bars")
-    s.add_argument("--overfit", type=int, default=0, metavar="N",
-                   help="check the set-up first: train on N training images until box AP on them "
-                        "reaches --overfit-ap (exit 0) or --overfit-iters run out (exit 1)")
-    s.add_argument("--overfit-ap", type=float, default=50.0, help="box AP to reach (default 50)")
-    s.add_argument("--overfit-iters", type=int, default=300, help="iteration budget (default 300)")
-    s.set_defaults(func=cmd_train)
-
-    s = sub.add_parser("eval", help="evaluate a checkpoint, or score a COCO results file",
-                       description="boxdepth eval CONFIG --weights CKPT [key=value ...] | "
-                                   "boxdepth eval --gt GT.json --results DETS.json [--out metrics.json]")
-    s.add_argument("config", nargs="?", help="YAML config of the model to evaluate")
-    s.add_argument("overrides", nargs="*", help="key=value config overrides")
-    s.add_argument("--weights", type=Path, help="checkpoint (with CONFIG)")
-    s.add_argument("--gt", type=Path, help="ground-truth COCO json (with masks for segm AP)")
-    s.add_argument("--results", type=Path, help="COCO results json")
-    s.add_argument("--out", type=Path, default=None,
-                   help="metrics file to write (with CONFIG: default <checkpoint folder>/metrics.json, "
-                        "detections beside it)")
-    s.set_defaults(func=cmd_eval)
-
-    s = sub.add_parser("predict", help="run a checkpoint on images: COCO results, overlays, masks")
-    s.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
-    s.add_argument("--weights", required=True, type=Path, help="checkpoint")
-    s.add_argument("--out", required=True, type=Path, help="output folder")
-    s.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    s.add_argument("--score-thresh", type=float, default=0.3,
-                   help="minimum score for overlays and mask PNGs (results.json keeps all)")
-    s.add_argument("--save-depth", action="store_true",
-                   help="also save predicted instance depth (DG-MaskHead models)")
-    s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="config override applied over the checkpoint's config (repeatable)")
-    s.add_argument("--quiet", action="store_true")
-    s.set_defaults(func=cmd_predict)
-
-    s = sub.add_parser("depth", help="make pseudo depth once: a local HF depth model or a depth camera")
-    s.add_argument("images_root", type=Path, help="image tree (the one training reads)")
-    s.add_argument("--out", required=True, type=Path, help="depth root (mirrors the image tree)")
-    s.add_argument("--model", type=str, default=None,
-                   help="local Hugging Face depth model folder (DPT, Depth Anything); never downloads")
-    s.add_argument("--from-sensor", type=Path, default=None,
-                   help="depth-camera images (uint16 mm, 0 = no reading) to convert instead")
-    s.add_argument("--json", type=Path, default=None, help="only the images of this COCO json")
-    s.add_argument("--batch-size", type=int, default=4)
-    s.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    s.add_argument("--overwrite", action="store_true", help="recompute maps that already exist")
-    s.add_argument("--quiet", action="store_true", help="no progress bar")
-    s.set_defaults(func=cmd_depth)
-
-    s = sub.add_parser("viz", help="panels: image | pseudo depth | colour and depth affinity | "
-                                   "predicted masks | predicted instance depth | pseudo masks")
-    s.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
-    s.add_argument("--out", required=True, type=Path, help="output folder")
-    s.add_argument("--depth", type=Path, default=None, help="pseudo-depth root")
-    s.add_argument("--images-root", type=Path, default=None,
-                   help="root the depth tree mirrors (default: the inputs' common folder)")
-    s.add_argument("--weights", type=Path, default=None, help="checkpoint: adds the prediction tiles")
-    s.add_argument("--gt", type=Path, default=None, metavar="GT.json",
-                   help="COCO json with boxes: with --weights, adds the distillation pseudo-mask "
-                        "tile (file_names relative to the images root)")
-    s.add_argument("--device", default="auto")
-    s.add_argument("--score-thresh", type=float, default=0.3)
-    s.add_argument("--max-images", type=int, default=8)
-    s.add_argument("--kappa", type=float, default=0.5, help="S_d = exp(-kappa |d255_i - d255_j|)")
-    s.add_argument("--tau", type=float, default=0.5, help="active depth pairs: S_d > tau")
-    s.add_argument("--short-side", type=int, default=None,
-                   help="resize first, as training does (affinities depend on scale)")
-    s.add_argument("--affinity", choices=("active", "mean"), default="active",
-                   help="show the fraction of active pairs, or the mean similarity")
-    s.add_argument("--quiet", action="store_true")
-    s.set_defaults(func=cmd_viz)
-
-    s = sub.add_parser("export", help="export the network to ONNX or TorchScript (post-processing "
-                                      "stays in boxdepth.export.runner)")
-    s.add_argument("config", help="YAML config of the model (path or packaged name)")
-    s.add_argument("overrides", nargs="*", help="key=value config overrides")
-    s.add_argument("--weights", required=True, type=Path, help="checkpoint")
-    s.add_argument("--format", required=True, choices=("onnx", "torchscript"))
-    s.add_argument("--out", required=True, type=Path, help="file to write (.onnx / .pt)")
-    s.add_argument("--size", type=_parse_hw, default=None, metavar="HxW",
-                   help="padded input canvas, height x width, multiples of 32 (needed without "
-                        "--dynamic; with it, only the trace example)")
-    s.add_argument("--dynamic", action="store_true", help="any batch size and canvas (multiples of 32)")
-    s.set_defaults(func=cmd_export)
-
-    s = sub.add_parser("convert", help="convert a dataset's own labels to COCO json (cityscapes)")
-    s.add_argument("dataset", choices=("cityscapes",))
-    s.add_argument("gtfine_root", type=Path, help="Cityscapes gtFine folder (holding train/ and val/)")
-    s.add_argument("--out", required=True, type=Path, help="folder for train.json (boxes) and val.json (masks)")
-    s.add_argument("--images", type=Path, default=None, metavar="LEFTIMG8BIT_ROOT",
-                   help="check that every image exists under this leftImg8bit folder")
-    s.set_defaults(func=cmd_convert)
-
-    s = sub.add_parser("demo", help="the main job on the embedded synthetic dataset")
-    s.add_argument("--out", type=Path, default=None,
-                   help="run folder (default runs/demo, with --full runs/demo-full)")
-    from boxdepth.demo import DEFAULT_SEEDS, DEFAULT_VARIANTS, FULL_BUDGET, FULL_SEEDS, VARIANTS
-
-    s.add_argument("--full", action="store_true",
-                   help=f"the complete Table 3 (Table 3a/3b/3c and exact-depth rows) at {FULL_BUDGET} "
-                        f"iterations, {FULL_SEEDS} seeds: hours on a CPU, see the README")
-    s.add_argument("--seeds", type=int, default=None,
-                   help=f"repeat every variant with seeds 0..N-1 (default {DEFAULT_SEEDS}, "
-                        f"--full {FULL_SEEDS})")
-    s.add_argument("--variants", nargs="+", default=None, choices=list(VARIANTS), metavar="VARIANT",
-                   help=f"variants to train (default, in table order: {' '.join(DEFAULT_VARIANTS)}; "
-                        f"all: {' '.join(VARIANTS)})")
-    s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="config override for every variant, e.g. --set solver.max_iter=200")
-    s.add_argument("--quiet", action="store_true", help="no progress bars")
-    s.set_defaults(func=cmd_demo)
-    add_label_qa_parsers(sub)
-    return p
-
-
 def cmd_label(args: argparse.Namespace) -> int:
     from boxdepth.config import load_config
     from boxdepth.engine.dist import resolve_device
@@ -352,45 +186,9 @@ def cmd_qa(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_label_qa_parsers(sub) -> None:
-    s = sub.add_parser("label", help="model masks for the boxes of a COCO json (-> a labelled json)")
-    s.add_argument("config", help="YAML config of the model (its distill.teacher_size is the scale)")
-    s.add_argument("overrides", nargs="*", help="key=value config overrides")
-    s.add_argument("--weights", required=True, type=Path, help="checkpoint")
-    s.add_argument("--json", required=True, type=Path, help="COCO json with the boxes")
-    s.add_argument("--images", required=True, type=Path, help="image root of the json's file_names")
-    s.add_argument("--depth", type=Path, default=None, help="pseudo-depth root: depth-aware S_match")
-    s.add_argument("--out", required=True, type=Path, help="labelled COCO json to write")
-    s.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N (default: the config's)")
-    s.add_argument("--batch-size", type=int, default=4)
-    s.add_argument("--min-iou", type=float, default=0.3,
-                   help="least box IoU of a box and the prediction that labels it (default 0.3)")
-    s.add_argument("--resume", action="store_true",
-                   help="take up the images a stopped run already labelled (<out>.partial.jsonl)")
-    s.add_argument("--quiet", action="store_true", help="no progress bar")
-    s.set_defaults(func=cmd_label)
-
-    s = sub.add_parser("qa", help="rank the annotations of a labelled json most likely wrong")
-    s.add_argument("--json", required=True, type=Path, help="labelled COCO json (boxdepth label)")
-    s.add_argument("--images", required=True, type=Path, help="image root (for the contact sheet)")
-    s.add_argument("--out", required=True, type=Path, help="folder for qa.csv, qa.json, qa_contact.png")
-    s.add_argument("--top", type=int, default=24, help="crops on the contact sheet (default 24)")
-    s.set_defaults(func=cmd_qa)
-
-
-def parse_cli(argv: list[str] | None = None) -> argparse.Namespace:
-    """Parse argv; `key=value` overrides may also follow options (`train CFG --out D k=v`),
-    which argparse alone refuses once an option has ended the positional run."""
-    parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
-    if extra:
-        takes_overrides = isinstance(getattr(args, "overrides", None), list) and \
-            args.command in ("train", "eval", "export", "label")
-        stray = [e for e in extra if not (takes_overrides and "=" in e and not e.startswith("-"))]
-        if stray:
-            parser.error(f"unrecognized arguments: {' '.join(stray)}")
-        args.overrides = [*args.overrides, *extra]
-    return args
+COMMANDS = {"synth": cmd_synth, "inspect": cmd_inspect, "train": cmd_train, "eval": cmd_eval,
+            "predict": cmd_predict, "depth": cmd_depth, "viz": cmd_viz, "export": cmd_export,
+            "convert": cmd_convert, "demo": cmd_demo, "label": cmd_label, "qa": cmd_qa}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -399,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     from boxdepth.config import ConfigError
 
     try:
-        return int(args.func(args) or 0)
+        return int(COMMANDS[args.command](args) or 0)
     except (FileNotFoundError, ValueError, ConfigError, PermissionError) as e:
         if args.debug:
             raise

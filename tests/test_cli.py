@@ -185,3 +185,12 @@ def test_train_eval_predict_smoke(tmp_path, capsys):
     overlays = sorted((out / "overlays").glob("*.png"))
     assert len(overlays) == (9 if photos.exists() else 2)
     assert any((out / "masks").rglob("*.png")) == bool(results)
+
+
+def test_every_verb_of_the_parser_has_a_command():
+    import argparse
+
+    from boxdepth.cli import COMMANDS, build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    assert sorted(sub.choices) == sorted(COMMANDS)
