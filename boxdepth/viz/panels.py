@@ -277,6 +277,19 @@ def panel_row(image: np.ndarray, d01, *, kernel_size=3, dilation=2, kappa=0.5, t
     return tiles + t, titles + n
 
 
+def _check_viz_args(score_thresh, affinity, max_images, gt, weights) -> None:
+    """Refuse bad options before any image is read."""
+    if not 0.0 <= float(score_thresh) <= 1.0:
+        raise ValueError(f"score_thresh must be in [0, 1], got {score_thresh}")
+    if affinity not in AFFINITY_VIEWS:
+        raise ValueError(f"affinity view must be one of {AFFINITY_VIEWS}, got {affinity!r}")
+    if max_images is not None and int(max_images) < 1:
+        raise ValueError(f"max_images must be at least 1, got {max_images}")
+    if gt is not None and weights is None:
+        raise ValueError(f"viz: the pseudo masks of {gt} are made by a model: pass its "
+                         f"checkpoint too (--weights CKPT)")
+
+
 def run_viz(inputs: list[str], out_dir, *, depth_root=None, images_root=None, weights=None,
             gt=None, device="auto", score_thresh=0.3, max_images=8, kernel_size=3, dilation=2,
             kappa=0.5, tau=0.5, color_thresh=0.3, short_side=None, affinity="active",
@@ -290,15 +303,7 @@ def run_viz(inputs: list[str], out_dir, *, depth_root=None, images_root=None, we
     from boxdepth.engine.dist import resolve_device
     from boxdepth.engine.predict import check_image_headers, collect_images, output_names
 
-    if not 0.0 <= float(score_thresh) <= 1.0:
-        raise ValueError(f"score_thresh must be in [0, 1], got {score_thresh}")
-    if affinity not in AFFINITY_VIEWS:
-        raise ValueError(f"affinity view must be one of {AFFINITY_VIEWS}, got {affinity!r}")
-    if max_images is not None and int(max_images) < 1:
-        raise ValueError(f"max_images must be at least 1, got {max_images}")
-    if gt is not None and weights is None:
-        raise ValueError(f"viz: the pseudo masks of {gt} are made by a model: pass its "
-                         f"checkpoint too (--weights CKPT)")
+    _check_viz_args(score_thresh, affinity, max_images, gt, weights)
     out_dir = Path(out_dir)
     paths = drop_sensor_depth_files(collect_images(inputs, exclude=out_dir))
     found = len(paths)
