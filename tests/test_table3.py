@@ -138,7 +138,6 @@ def test_run_lists_are_grouped_by_variant():
     assert t3._by_variant([]) == ""
 
 
-
 def test_a_failed_worker_is_named_with_its_own_log(tmp_path):
     t3 = _load()  # a bad override makes each worker exit non-zero before it trains
     args = ["--out", str(tmp_path / "runs"), "--budget", "2", "--seeds", "1", "--jobs", "2",
