@@ -174,8 +174,7 @@ def train(cfg: Config, out_dir: str | Path, *, resume: bool = False, progress: b
     """Train per `cfg` into `out_dir`; returns the final checkpoint's path."""
     device = dist.init_distributed(cfg.device)
     out_dir, is_main = Path(out_dir), dist.is_main_process()
-    last_good = last_checkpoint(out_dir) if resume else None
-    ckpt = load_checkpoint(last_good, map_location=device) if last_good else None
+    last_good, ckpt = find_resume(out_dir, resume, device)
     start_iter = int(ckpt["iteration"]) if ckpt else 0
     loader = build_train_loader(cfg, start_iter=start_iter)
     meta = dataset_meta(loader.dataset.dataset)
@@ -184,21 +183,15 @@ def train(cfg: Config, out_dir: str | Path, *, resume: bool = False, progress: b
         out_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out_dir / "config.yaml")
     model, criterion, optimizer, scheduler, scaler = build_training(cfg, device)
-    distiller, teacher = (build_distiller(cfg) if cfg.distill.enabled else None), None
-    if ckpt:
-        restore(ckpt, model, optimizer, scheduler, scaler)
-        log.info(f"resumed from {last_good} at iteration {start_iter}")
-        if ckpt.get("teacher") is not None:  # distillation had started: the EMA teacher goes on
-            teacher = ModelEMA(model, cfg.distill.ema_decay)
-            teacher.load_state_dict(ckpt["teacher"])
-    elif resume:
-        log.info(f"--resume: no checkpoint in {out_dir}; starting from scratch")
+    distiller = build_distiller(cfg) if cfg.distill.enabled else None
+    teacher = resume_training(ckpt, last_good, cfg, model, optimizer, scheduler, scaler)
     del ckpt
     if dist.is_dist():
         model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
     writer = MetricsWriter(out_dir, enabled=is_main, tensorboard=cfg.log.tensorboard)
     max_iter, period = int(cfg.solver.max_iter), int(cfg.log.period)
+    ckpt_period = int(cfg.solver.checkpoint_period)
     bar = tqdm(total=max_iter, initial=start_iter, disable=not (progress and is_main),
                desc="train", dynamic_ncols=True)
     # the checks watch the start of a run; a resumed run was watched when it started
@@ -225,19 +218,11 @@ def train(cfg: Config, out_dir: str | Path, *, resume: bool = False, progress: b
         if health is not None:
             health.observe_step(stats)
         if done % period == 0 or done == max_iter:
-            warnings = health.observe_period(done, logged) if health is not None else []
-            for w in warnings:
-                log.warning(w["message"])
-            writer.write(done, {**logged, "loss": sum(logged.values()),
-                                "lr": optimizer.param_groups[0]["lr"], **stats,
-                                "time_data": timer["data"] / timer["n"],
-                                "time_step": timer["step"] / timer["n"],
-                                **({"health_warnings": warnings} if warnings else {})})
+            write_period(writer, health, done, logged, optimizer.param_groups[0]["lr"], stats, timer)
             timer = {"data": 0.0, "step": 0.0, "n": 0}
         bar.set_postfix(_short_losses(logged), refresh=False)
         bar.update(1)
-        if is_main and cfg.solver.checkpoint_period > 0 and done % cfg.solver.checkpoint_period == 0 \
-                and done < max_iter:
+        if is_main and ckpt_period > 0 and done % ckpt_period == 0 and done < max_iter:
             last_good = save_checkpoint(out_dir / f"model_{done:07d}.pth", checkpoint_state(
                 model, optimizer, scheduler, scaler, done, cfg, meta, teacher))
     bar.close()
@@ -248,6 +233,42 @@ def train(cfg: Config, out_dir: str | Path, *, resume: bool = False, progress: b
     writer.close()
     dist.barrier()
     return final
+
+
+def find_resume(out_dir: Path, resume: bool, device: torch.device) -> tuple[Path | None, dict | None]:
+    """With `resume`, the last complete checkpoint in `out_dir` and its contents; else (None, None)."""
+    path = last_checkpoint(out_dir) if resume else None
+    if resume and path is None:
+        log.info(f"--resume: no checkpoint in {out_dir}; starting from scratch")
+    return path, (load_checkpoint(path, map_location=device) if path else None)
+
+
+def resume_training(ckpt: dict | None, path: Path | None, cfg: Config, model, optimizer, scheduler,
+                    scaler) -> ModelEMA | None:
+    """Load a training checkpoint (if any) into the objects; returns the EMA teacher when
+    self-distillation had started before the checkpoint, else None."""
+    if ckpt is None:
+        return None
+    restore(ckpt, model, optimizer, scheduler, scaler)
+    log.info(f"resumed from {path} at iteration {int(ckpt['iteration'])}")
+    if ckpt.get("teacher") is None:
+        return None
+    teacher = ModelEMA(model, cfg.distill.ema_decay)  # distillation had started: it goes on
+    teacher.load_state_dict(ckpt["teacher"])
+    return teacher
+
+
+def write_period(writer: MetricsWriter, health: TrainingHealth | None, done: int,
+                 logged: dict[str, float], lr: float, stats: dict, timer: dict) -> None:
+    """One metrics.jsonl record at iteration `done`: the last step's losses, the learning
+    rate, `stats`, the period's mean data/step seconds (`timer`: sums and count `n`) and
+    the health checks' warnings (also logged)."""
+    warnings = health.observe_period(done, logged) if health is not None else []
+    for w in warnings:
+        log.warning(w["message"])
+    writer.write(done, {**logged, "loss": sum(logged.values()), "lr": lr, **stats,
+                        "time_data": timer["data"] / timer["n"], "time_step": timer["step"] / timer["n"],
+                        **({"health_warnings": warnings} if warnings else {})})
 
 
 def _short_losses(logged: dict[str, float]) -> dict[str, str]:
