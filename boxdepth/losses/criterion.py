@@ -109,13 +109,14 @@ class CondInstCriterion(nn.Module):
             losses["loss_pairwise"] = self.pairwise_weight * warm * pairwise_loss(neg_log_same, weights)
         if with_depth:
             losses.update(self._depth_losses(props, batch, box_masks, valid, neg_log_same, warm,
-                                             win, box_win, active))
+                                             win, box_win, active, joint))
         return losses
 
     def _depth_losses(self, props, batch, box_masks, valid, neg_log_same, warm, win,
-                      box_win, active) -> dict:
-        """loss_depth, loss_cons and, in a joint pairs mode, loss_pairwise; `active` is the
-        colour pairs (B,K,h,w) or None (colour term off)."""
+                      box_win, active, joint: bool) -> dict:
+        """loss_depth, loss_cons and, when `joint` (a joint pairs mode, decided by the
+        caller), loss_pairwise; `active` is the colour pairs (B,K,h,w) or None (colour
+        term off)."""
         d01 = F.avg_pool2d(batch["depth"].float(), self.stride, self.stride)
         has = batch["has_depth"].to(d01.device).float()
         inst_has = has[props["im_inds"]][:, None, None, None]  # images without depth add nothing
@@ -136,7 +137,7 @@ class CondInstCriterion(nn.Module):
                 nls = pairwise_neg_log_same(props["mask_logits"].float(), self.k, self.dilation)
                 box = box_masks
             sim, centre = per_inst(sim), per_inst(valid[:, None]) * inst_has
-            if self.cons_pairs == "separate":
+            if not joint:
                 out["loss_cons"] = self.cons_weight * warm * depth_consistency_loss(
                     nls, sim, box * inst_has, self.cons_tau, inside_box=self.cons_inside_box,
                     image_mask=centre)
