@@ -106,8 +106,12 @@ def run_jobs(a: argparse.Namespace, jobs: list[tuple[str, int]]) -> None:
             cmd = [sys.executable, __file__, "--out", str(a.out), "--budget", str(a.budget),
                    "--run", variant, str(seed), "--set", *a.set]
             fh = log.open("w")
-            running[subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT)] = (
-                variant, seed, time.time(), log, fh)
+            try:
+                proc = subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT)
+            except BaseException:
+                fh.close()
+                raise
+            running[proc] = (variant, seed, time.time(), log, fh)
         time.sleep(2)
         for proc in [p for p in running if p.poll() is not None]:
             variant, seed, start, log, fh = running.pop(proc)

@@ -1,5 +1,6 @@
 """benchmarks/table3.py: the seed-spread verdict on hand-made rows, the README block, and a
 tiny end-to-end run through worker subprocesses."""
+import argparse
 import importlib.util
 import json
 from pathlib import Path
@@ -149,3 +150,25 @@ def test_a_failed_worker_is_named_with_its_own_log(tmp_path):
     assert f"log {log})" in str(failed.value) and "boxinst seed 0 (exit" in str(failed.value)
     assert "no_such" in log.read_text()  # the worker's own error, in its own log
     assert not (tmp_path / "t3.json").exists()  # nothing tabled from failed runs
+
+
+def test_a_worker_that_cannot_start_leaves_no_open_log(tmp_path, monkeypatch):
+    t3 = _load()
+    opened = []
+    real_open = Path.open
+
+    def recording_open(self, *args, **kwargs):
+        fh = real_open(self, *args, **kwargs)
+        opened.append(fh)
+        return fh
+
+    def no_process(*args, **kwargs):
+        raise OSError("cannot fork")
+
+    monkeypatch.setattr(Path, "open", recording_open)
+    monkeypatch.setattr(t3.subprocess, "Popen", no_process)
+    a = argparse.Namespace(out=tmp_path, budget=2, imported=set(), jobs=2, threads=1, set=[])
+    with pytest.raises(OSError, match="cannot fork"):
+        t3.run_jobs(a, [("boxinst", 0), ("boxinst", 1)])
+    logs = [fh for fh in opened if fh.name.endswith(".log")]
+    assert len(logs) == 1 and logs[0].closed  # the first start failed: one log, closed
