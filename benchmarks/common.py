@@ -33,6 +33,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from boxdepth.engine.machine import cpu_model  # noqa: F401  (re-exported for the scripts)
+
 ENV_KEYS = ("MALLOC_ARENA_MAX", "MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "LD_PRELOAD",
             "PYTORCH_CUDA_ALLOC_CONF", "OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "MKL_NUM_THREADS",
             "CUDA_VISIBLE_DEVICES")
@@ -89,16 +91,6 @@ def summarize_runs(runs: list[dict[str, float]], order: list[str] | None = None)
     for r in runs:
         labels += [k for k in r if k not in labels]
     return {k: summarize(r.get(k, 0.0) for r in runs) for k in labels}
-
-
-def cpu_model() -> str | None:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or None
 
 
 def load_average() -> list[float] | None:

@@ -8,7 +8,8 @@
    boxes filled as masks (`box_as_mask`), the reference a real mask must beat.
 4. Print one table, write ``<out>/results.json`` and ``<out>/panel.png``.
 
-results.json: {"command": str, "seconds": float, "config": {"base": {...}, "variants":
+results.json: {"command": str, "seconds": float, "train_seconds_total": float, "machine":
+{cpu_model, cpu_count, torch, torch_threads, ...} (engine/machine.py), "config": {"base": {...}, "variants":
 {name: [overrides]}}, "rows": [{"variant", "seed", "bbox": {AP..APl}, "segm": {...}}],
 "summary": {variant: {"n", "bbox_AP_mean", "bbox_AP_std", "segm_AP_mean", ...}}}.
 """
@@ -21,6 +22,7 @@ import sys
 import time
 from pathlib import Path
 
+from boxdepth.engine.machine import machine_info
 from boxdepth.fileio import atomic_write_json, atomic_write_text
 
 DEMO_DATA = dict(n_train=300, n_val=100, size=(256, 192), seed=0, camouflage=0.3, depth_error=1.0)
@@ -360,6 +362,7 @@ def run_demo(out_dir: str | Path = "runs/demo", *, seeds: int | None = None, var
     result = {"command": shlex.join(["boxdepth", *sys.argv[1:]]) if sys.argv else "boxdepth demo",
               "seconds": round(time.time() - t0, 1),  # this invocation (finished runs are reused)
               "train_seconds_total": round(sum(r.get("train_seconds", 0.0) for r in rows), 1),
+              "machine": machine_info(),  # timings differ between host CPUs: say which one
               "config": {"base": variant_config(names[0], data_dir, 0, extra).to_dict(),
                          "variants": {n: VARIANTS[n] for n in names}, "extra": extra},
               "rows": rows, "summary": table}

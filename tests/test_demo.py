@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from PIL import Image
 
@@ -42,6 +43,7 @@ def test_demo_writes_results_table_and_panel(tmp_path, monkeypatch, capsys):
         assert name in out
     res = json.loads((tmp_path / "results.json").read_text())
     assert res["command"].startswith("boxdepth") and res["seconds"] > 0
+    assert res["machine"]["cpu_count"] >= 1 and res["machine"]["torch"] == torch.__version__
     assert res["train_seconds_total"] == round(sum(r.get("train_seconds", 0) for r in res["rows"]), 1) > 0
     assert [r["variant"] for r in res["rows"]] == ["boxinst", "box_as_mask", "mask_supervised"]
     for row in res["rows"]:

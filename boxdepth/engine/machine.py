@@ -1,0 +1,37 @@
+"""What a timing was measured on: the record that `boxdepth demo` writes into results.json.
+
+`machine_info()` -> {"cpu_model", "cpu_count", "torch", "torch_threads", "cuda_device",
+"allocator_env"}; the CPU model matters because a cloud VM of the same size can land on
+another host CPU from one day to the next (2026-12: the same 2-vCPU machine type ran a
+training step 1.4-1.5x slower on an "AMD EPYC" host than on an "Intel Xeon" one).
+"""
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+
+import torch
+
+# environment variables that change timings without changing results
+ALLOCATOR_ENV = ("MALLOC_ARENA_MAX", "MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "LD_PRELOAD",
+                 "OMP_NUM_THREADS", "OMP_WAIT_POLICY")
+
+
+def cpu_model() -> str | None:
+    """The CPU's model name (Linux /proc/cpuinfo, else platform.processor()), or None."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
+def machine_info() -> dict:
+    """The machine and thread settings of this process (see the module docstring)."""
+    cuda = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"cpu_model": cpu_model(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(), "cuda_device": cuda,
+            "allocator_env": {k: os.environ.get(k) for k in ALLOCATOR_ENV}}
