@@ -33,11 +33,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from boxdepth.engine.machine import TIMING_ENV as ENV_KEYS
 from boxdepth.engine.machine import cpu_model  # noqa: F401  (re-exported for the scripts)
-
-ENV_KEYS = ("MALLOC_ARENA_MAX", "MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "LD_PRELOAD",
-            "PYTORCH_CUDA_ALLOC_CONF", "OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "MKL_NUM_THREADS",
-            "CUDA_VISIBLE_DEVICES")
 
 
 class PhaseTimer:

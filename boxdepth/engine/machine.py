@@ -13,9 +13,11 @@ from pathlib import Path
 
 import torch
 
-# environment variables that change timings without changing results
-ALLOCATOR_ENV = ("MALLOC_ARENA_MAX", "MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "LD_PRELOAD",
-                 "OMP_NUM_THREADS", "OMP_WAIT_POLICY")
+# environment variables that change timings without changing results (allocator, threads,
+# devices); benchmarks/common.py records the same list
+TIMING_ENV = ("MALLOC_ARENA_MAX", "MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "LD_PRELOAD",
+              "PYTORCH_CUDA_ALLOC_CONF", "OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT",
+              "MKL_NUM_THREADS", "CUDA_VISIBLE_DEVICES")
 
 
 def cpu_model() -> str | None:
@@ -34,4 +36,4 @@ def machine_info() -> dict:
     cuda = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return {"cpu_model": cpu_model(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
             "torch_threads": torch.get_num_threads(), "cuda_device": cuda,
-            "allocator_env": {k: os.environ.get(k) for k in ALLOCATOR_ENV}}
+            "allocator_env": {k: os.environ.get(k) for k in TIMING_ENV}}
