@@ -3,7 +3,9 @@
 The schema is ``boxdepth/configs/defaults.yaml``: every key a config may set, with its
 default. A config file (or an override) that names a key not in the schema is an error
 that names the key and the closest valid ones. `load_config` returns a `Config`: a
-nested dict with attribute access (``cfg.model.backbone.name``).
+nested dict with attribute access (``cfg.model.backbone.name``). Every value is checked
+against the type of its default (config_types.py): `solver.base_lr=1e-3` is the number
+0.001, `solver.max_iter=ten` an error naming the key, the value and the expected type.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from typing import Any, Iterable
 
 import yaml
 
+from boxdepth.config_types import ConfigTypeError, coerce_tree, coerce_value
 from boxdepth.fileio import atomic_write_text
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -124,6 +127,14 @@ def _validate(data: dict, schema: dict, where: str, prefix: str = "") -> None:
             _validate(v, schema[k], where, full + ".")
 
 
+def _check_types(data: dict, schema: dict, where: str) -> None:
+    """Convert `data`'s values in place to their defaults' types, or raise ConfigError."""
+    try:
+        coerce_tree(data, schema)
+    except ConfigTypeError as e:
+        raise ConfigError(f"{e} (in {where})") from None
+
+
 def _root_schema() -> dict:
     return _read_yaml(DEFAULTS_FILE)
 
@@ -147,8 +158,16 @@ def apply_override(cfg: dict, key: str, value: Any, schema: dict) -> None:
         if not isinstance(snode, dict) or part not in snode:
             raise _unknown_key_error(key, schema, "command-line overrides")
         if i == len(parts) - 1:
-            if isinstance(snode[part], dict) and not isinstance(value, dict):
-                raise ConfigError(f"override '{key}' names a section; set one of its keys")
+            if isinstance(snode[part], dict):
+                if not isinstance(value, dict):
+                    raise ConfigError(f"override '{key}' names a section; set one of its keys")
+                _validate(value, snode[part], "command-line overrides", key + ".")
+                _check_types(value, snode[part], "command-line overrides")
+            else:
+                try:
+                    value = coerce_value(key, value, snode[part])
+                except ConfigTypeError as e:
+                    raise ConfigError(f"{e} (in command-line overrides)") from None
             node[part] = value
         else:
             node, snode = node[part], snode[part]
@@ -162,6 +181,7 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -
         p = resolve_config_path(path)
         data = _load_with_bases(p)
         _validate(data, schema, str(p))
+        _check_types(data, schema, str(p))
         _deep_merge(cfg, data)
     for ov in overrides:
         apply_override(cfg, *parse_override(ov), schema)
@@ -169,6 +189,8 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -
 
 
 def save_config(cfg: dict, path: str | Path) -> None:
-    """Write the resolved config (loadable again with `load_config`)."""
-    data = cfg.to_dict() if isinstance(cfg, Config) else cfg
+    """Write the resolved config (loadable again with `load_config`). A value of the wrong
+    type (set in code, past load_config's checks) is an error, never written."""
+    data = cfg.to_dict() if isinstance(cfg, Config) else copy.deepcopy(cfg)
+    _check_types(data, _root_schema(), f"the config to save as {path}")
     atomic_write_text(path, yaml.safe_dump(data, sort_keys=False))
