@@ -220,3 +220,71 @@ def test_no_detections_give_empty_outputs():
     out = detections_to_student(det, teacher_size_hw=(100, 50), student_size_hw=(50, 40),
                                 student_canvas_hw=(64, 64))
     assert out["boxes"].shape == (0, 4) and out["masks"].shape == (0, 16, 16) and out["scores"].shape == (0,)
+
+
+class CaptureTeacher(nn.Module):
+    """Records the teacher's input batch; predicts one whole-image instance per image."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+        self.eval()
+
+    def forward(self, images, image_mask):
+        self.seen.append(images.clone())
+        out = []
+        for m in image_mask:
+            h, w = int(m.any(dim=1).sum()), int(m.any(dim=0).sum())
+            out.append({"boxes": torch.tensor([[0.0, 0.0, w, h]]), "scores": torch.tensor([0.9]),
+                        "labels": torch.tensor([0]), "mask_probs": m[2::4, 2::4].float()[None, None]})
+        return out
+
+
+def _fine_original(h=64, w=96):
+    """1-pixel vertical lines every 3 pixels and a 1-pixel horizontal line: detail that a
+    2x downscale blurs away, and left-right asymmetric so a missing flip shows."""
+    img = torch.zeros(3, h, w, dtype=torch.uint8)
+    img[:, :, ::3] = 255
+    img[:, 21, :] = 255
+    img[0, :, : w // 3] = 128
+    return img
+
+
+def test_distiller_feeds_the_teacher_the_original_image():
+    """SelfDistiller.forward -> teacher_predictions(raw_images=batch["originals"]): the
+    teacher's input is the original (flipped like the student) resized to teacher_size,
+    not the student's 2x-smaller image up-sampled."""
+    from boxdepth.distill.distiller import SelfDistiller
+    from boxdepth.data.transforms import hflip_sample
+
+    original = _fine_original()
+    samples = []
+    for flip in (False, True):
+        s = resize_sample({"image": original, "boxes": torch.tensor([[8.0, 8.0, 40.0, 40.0]]),
+                           "labels": torch.tensor([0]), "flipped": False}, (32, 48))
+        s = hflip_sample(s) if flip else s
+        samples.append(dict(s, size=(32, 48), orig_size=(64, 96), original=original))
+    batch = collate_batch(samples)
+    assert batch["targets"][1]["flipped"] is True and len(batch["originals"]) == 2
+    hc, wc = (v // 4 for v in batch["images"].shape[-2:])
+    outputs = {"proposals": {"im_inds": torch.tensor([0, 1]), "gt_inds": torch.tensor([0, 0]),
+                             "mask_logits": torch.zeros(2, 1, hc, wc, requires_grad=True)}}
+    teacher = CaptureTeacher()
+    losses, _ = SelfDistiller(teacher_size=64, teacher_max_size=1333, match="iou")(teacher, outputs, batch)
+    assert torch.isfinite(losses["loss_distill"])
+
+    seen = teacher.seen[0]
+    assert seen.shape == (2, 3, 64, 96)  # teacher_size 64 is the original's own size
+    assert torch.equal(seen[0], original) and torch.equal(seen[1], original.flip(-1))
+    upsampled = teacher_inputs(batch["images"], sizes=[(32, 48)] * 2, teacher_size=64)["images"]
+    assert (upsampled.float() - seen.float()).abs().amax() > 60  # the lines are gone there
+
+
+def test_teacher_predictions_check_raw_images_against_the_student():
+    batch, _ = _student_batch()
+    raw = [batch["images"][0, :, :48, :64], batch["images"][1, :, :40, :56].flip(-1)]
+    with pytest.raises(ValueError, match="raw images for"):
+        teacher_predictions(RectTeacher(), batch, teacher_size=80, raw_images=raw[:1])
+    batch["targets"][0]["orig_size"] = (96, 128)
+    with pytest.raises(ValueError, match="resized from"):
+        teacher_predictions(RectTeacher(), batch, teacher_size=80, raw_images=raw)

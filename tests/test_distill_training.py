@@ -47,3 +47,43 @@ def test_teacher_starts_logs_and_resumes_exactly(tiny_synth, tmp_path):
     name = next(k for k in s if s[k].is_floating_point() and not torch.equal(t[k], s[k]))
     assert torch.equal(teacher_model.state_dict()[name], t[name])
     assert torch.equal(student_model.state_dict()[name], s[name])
+
+
+def _decoded(dataset, image_id: int) -> torch.Tensor:
+    index = next(i for i in range(len(dataset)) if dataset.get_record(i)["image_id"] == image_id)
+    return torch.from_numpy(dataset.read_image(index)).permute(2, 0, 1)
+
+
+def test_training_batches_feed_the_teacher_the_decoded_images(tiny_synth):
+    """build_train_loader -> train_step -> SelfDistiller: the teacher reads each decoded
+    image (flipped like its student) at teacher_size, not the student's 2x-smaller copy
+    up-sampled; without distillation the batches carry no originals."""
+    from boxdepth.distill.teacher import teacher_inputs
+    from boxdepth.engine.trainer import build_distiller, build_train_loader, build_training, train_step
+    from tests.test_distill_teacher import CaptureTeacher
+
+    small = ("input.min_size_train=[32]", "input.flip_prob=0.5", "model.fcos.num_classes=4")
+    plain = build_train_loader(tiny_config(tiny_synth, *small))
+    assert next(iter(plain))["originals"] is None
+    cfg = tiny_config(tiny_synth, *small, *DISTILL, "solver.ims_per_batch=4", depth=True)
+    loader = build_train_loader(cfg)
+    batch = next(iter(loader))
+    targets, dataset = batch["targets"], loader.dataset.dataset
+    assert {t["flipped"] for t in targets} == {False, True}  # this seed draws both
+    originals = [_decoded(dataset, t["image_id"]) for t in targets]
+    assert all(torch.equal(o, b) for o, b in zip(originals, batch["originals"]))
+
+    class Teacher(CaptureTeacher):
+        def update(self, model):
+            pass
+
+    teacher = Teacher()
+    model, criterion, optimizer, scheduler, scaler = build_training(cfg, torch.device("cpu"))
+    train_step(model, criterion, optimizer, scheduler, scaler, batch, iteration=2,
+               distiller=build_distiller(cfg), teacher=teacher)
+    want = teacher_inputs(originals, flipped=[t["flipped"] for t in targets], teacher_size=80,
+                          max_size=160)["images"]
+    assert torch.equal(teacher.seen[0], want)
+    old = teacher_inputs(batch["images"], sizes=[t["size"] for t in targets], teacher_size=80,
+                         max_size=160)["images"]
+    assert not torch.equal(old, want)

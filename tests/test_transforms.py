@@ -147,3 +147,17 @@ def test_collate_without_depth_and_without_divisibility():
     assert batch["has_depth"].tolist() == [False, False]
     with pytest.raises(ValueError):
         collate_batch([])
+
+
+def test_collate_keeps_originals_unpadded_all_or_none():
+    a, b = _sample(50, 70, False, 1), _sample(65, 33, False, 2)
+    assert collate_batch([a, b])["originals"] is None
+    a["original"] = torch.ones(3, 100, 140, dtype=torch.uint8)
+    b["original"] = torch.zeros(3, 9, 5, dtype=torch.uint8)
+    # the transforms move an `original` along untouched (resized and flipped samples keep it)
+    moved = TrainTransform([20], 64, flip_prob=1.0)(a)
+    assert moved["original"] is a["original"] and moved["flipped"] is True
+    originals = collate_batch([moved, b])["originals"]
+    assert originals[0] is a["original"] and originals[1] is b["original"]
+    with pytest.raises(ValueError, match="either all or none"):
+        collate_batch([a, _sample(65, 33, False, 3)])

@@ -71,7 +71,10 @@ def test_pseudo_masks_clipped_and_split_by_s_match(monkeypatch):
 
     # the student batch and the teacher's arguments are training's
     assert seen["model"] is model and seen["tau_m"] == 0.8
+    raw = seen["kw"].pop("raw_images")
     assert seen["kw"] == {"teacher_size": 100, "max_size": 1333, "topk": 7, "mask_stride": 4}
+    # the teacher reads the original image, as training's teacher does, not the student's copy
+    assert len(raw) == 1 and torch.equal(raw[0], torch.from_numpy(image).permute(2, 0, 1))
     batch = seen["batch"]
     assert tuple(batch["images"].shape) == (1, 3, 64, 96) and batch["depth"] is None
     assert torch.allclose(batch["targets"][0]["boxes"], torch.from_numpy(GT) / 2)

@@ -9,6 +9,8 @@ is_train=True:  multi-scale resize + flip (input.min_size_train, max_size_train,
                 flip_prob); loss.mode decides box or mask supervision.
 is_train=False: fixed resize (input.min_size_test, max_size_test), box mode (evaluation
                 reads the ground-truth masks from the json itself).
+keep_original:  each sample also carries its decoded image (CocoBoxDataset's
+                keep_original), for the self-distillation teacher.
 Relative paths are used as given (relative to the working directory).
 """
 from __future__ import annotations
@@ -45,7 +47,8 @@ def build_transforms(cfg, is_train: bool, generator: torch.Generator | None = No
 
 
 def build_dataset(cfg, split: str = "train", is_train: bool = True, *,
-                  generator: torch.Generator | None = None) -> CocoBoxDataset:
+                  generator: torch.Generator | None = None,
+                  keep_original: bool = False) -> CocoBoxDataset:
     """`generator` drives the random transforms (None: torch's global RNG)."""
     json_path, image_root, depth_root = _split_paths(cfg.data, split)
     mode = cfg.loss.mode if is_train else "box"
@@ -53,4 +56,4 @@ def build_dataset(cfg, split: str = "train", is_train: bool = True, *,
                           transforms=build_transforms(cfg, is_train, generator), mode=mode,
                           skip_bad_images=cfg.data.skip_bad_images,
                           allow_missing_depth=cfg.data.allow_missing_depth,
-                          min_box_size=cfg.data.min_box_size)
+                          min_box_size=cfg.data.min_box_size, keep_original=keep_original)

@@ -25,6 +25,11 @@ the files passed over, so a training loop can count skips made inside worker pro
 ``load_sample(i)`` loads exactly image i and never skips; it is ``read_image(i)``
 followed by ``build_sample(i, image)`` (`inspect_dataset` calls the two separately).
 
+``keep_original=True`` (set by the trainer only when self-distillation is on) adds the
+decoded image before `transforms` as ``original``: the EMA teacher reads it at its own
+scale (SPEC §3) instead of up-sampling the student's resized copy. Off by default so
+that other runs do not hold a second image per sample.
+
 ``__getitem__(i)`` returns a dict:
     image         uint8   (3, H, W)  RGB after `transforms`
     boxes         float32 (N, 4)     XYXY, absolute pixels of the transformed image
@@ -40,6 +45,9 @@ followed by ``build_sample(i, image)`` (`inspect_dataset` calls the two separate
     size          (H, W)             after transforms
     flipped       bool
     skipped       list[str]          image files skipped to produce this sample
+    original      uint8   (3, H0, W0) keep_original only: the decoded image before
+                                     `transforms` (never resized nor flipped; `flipped`
+                                     says how the student's copy was mirrored)
 """
 from __future__ import annotations
 
@@ -77,7 +85,7 @@ class CocoBoxDataset(torch.utils.data.Dataset):
                  depth_root: str | Path | None = None,
                  transforms: Callable[[dict], dict] | None = None, mode: str = "box",
                  skip_bad_images: bool = False, allow_missing_depth: bool = False,
-                 min_box_size: float = 1.0):
+                 min_box_size: float = 1.0, keep_original: bool = False):
         if mode not in ("box", "mask"):
             raise ValueError(f"mode must be 'box' or 'mask', got {mode!r}")
         self.json_path = Path(json_path)
@@ -87,6 +95,7 @@ class CocoBoxDataset(torch.utils.data.Dataset):
         self.skip_bad_images = bool(skip_bad_images)
         self.allow_missing_depth = bool(allow_missing_depth)
         self.min_box_size = float(min_box_size)
+        self.keep_original = bool(keep_original)
         parsed = parse_coco(read_coco_json(self.json_path), where=str(self.json_path),
                             mode=mode, min_box_size=self.min_box_size)
         self.cat_ids: list[int] = parsed.cat_ids
@@ -187,7 +196,8 @@ class CocoBoxDataset(torch.utils.data.Dataset):
         """Sample of image `index` from its decoded `image` (depth, masks, transforms)."""
         rec = self.get_record(index)
         depth, has_depth = self._read_depth(rec)
-        sample = {"image": torch.from_numpy(image).permute(2, 0, 1).contiguous(),
+        decoded = torch.from_numpy(image).permute(2, 0, 1).contiguous()
+        sample = {"image": decoded,
                   "boxes": torch.from_numpy(rec["boxes"]),
                   "labels": torch.from_numpy(rec["labels"]),
                   "ignore_boxes": torch.from_numpy(rec["ignore_boxes"]),
@@ -196,6 +206,9 @@ class CocoBoxDataset(torch.utils.data.Dataset):
             sample["masks"] = self._read_masks(rec)
         if self.transforms is not None:
             sample = self.transforms(sample)
+        if self.keep_original:
+            # transforms never write into their input, so `decoded` is still the decoded image
+            sample["original"] = decoded
         sample.update(has_depth=has_depth, image_id=rec["image_id"],
                       file_name=rec["file_name"], orig_size=(rec["height"], rec["width"]),
                       size=tuple(int(s) for s in sample["image"].shape[-2:]), skipped=[])

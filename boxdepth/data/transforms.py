@@ -8,7 +8,9 @@ spatial entries together:
     depth         float32 (1, H, W)   pseudo depth d01 in [0, 1], or None
     masks         uint8   (N, H, W)   {0, 1}, only in mask mode (key absent otherwise)
     flipped       bool                toggled by every horizontal flip
-Other keys pass through untouched.
+Other keys pass through untouched, among them `original` (uint8 (3, H0, W0), the decoded
+image the distillation teacher reads; see data/coco.py's keep_original), which stays
+un-resized and un-flipped: `flipped` tells how to mirror it.
 
 Resizing: image and depth by bilinear interpolation (antialiased when shrinking, never
 nearest: depth must stay smooth for the pairwise depth terms), masks by nearest-exact
@@ -30,6 +32,8 @@ differently in each worker.
                 only when present), image_id, file_name, orig_size, size, flipped,
                 has_depth
     skipped     list[str]  files skipped by `skip_bad_images` while drawing this batch
+    originals   list of B uint8 (3, H0, W0), each sample's `original` (not padded: the
+                teacher resizes each one itself), or None when the samples have none
 """
 from __future__ import annotations
 
@@ -219,4 +223,16 @@ def collate_batch(samples: Sequence[Sample], size_divisibility: int = 32) -> dic
         skipped += list(s.get("skipped", ()))
     has_depth = torch.tensor([bool(s.get("has_depth", False)) for s in samples])
     return {"images": images, "image_mask": image_mask, "depth": depth,
-            "has_depth": has_depth, "targets": targets, "skipped": skipped}
+            "has_depth": has_depth, "targets": targets, "skipped": skipped,
+            "originals": _originals(samples)}
+
+
+def _originals(samples: Sequence[Sample]) -> list[torch.Tensor] | None:
+    have = [s.get("original") is not None for s in samples]
+    if not any(have):
+        return None
+    if not all(have):
+        # a partial list would pair the teacher's images with the wrong students
+        raise ValueError(f"collate_batch: {sum(have)} of {len(samples)} samples carry an "
+                         "'original' image; either all or none must")
+    return [s["original"] for s in samples]

@@ -9,7 +9,13 @@ prediction, when that match is reliable (S_match > tau_m), with the reliable dic
 forward(teacher, outputs, batch) -> (losses {"loss_distill": scalar},
     stats {"distill_gt", "distill_matched", "distill_reliable", "distill_s_match",
            "distill_s_dcons"}) where `outputs` is CondInst's training dict and `batch`
-the collated batch (images, image_mask, depth or None, has_depth, targets).
+the collated batch (images, image_mask, depth or None, has_depth, targets, originals).
+
+The teacher reads `batch["originals"]` (B uint8 (3, H0, W0), the decoded images, which
+the trainer's loader keeps when distill.enabled), mirrored like the student's and resized
+to teacher_size: the paper's larger teacher input (Table 3c) only adds detail when it is
+made from the photo, not from the student's smaller copy. A batch without originals
+(hand-built, e.g. benchmarks/train_step.py) falls back to up-sampling the student's image.
 """
 from __future__ import annotations
 
@@ -65,7 +71,7 @@ class SelfDistiller(nn.Module):
     def forward(self, teacher: nn.Module, outputs: dict, batch: dict):
         preds = teacher_predictions(teacher, batch, teacher_size=self.teacher_size,
                                     max_size=self.teacher_max_size, topk=self.topk,
-                                    mask_stride=self.stride)
+                                    mask_stride=self.stride, raw_images=batch.get("originals"))
         matches = self.match(preds, batch)
         props = outputs["proposals"]
         t_masks, s_match, has = pseudo_targets_for_proposals(

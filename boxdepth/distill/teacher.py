@@ -1,8 +1,11 @@
 """Teacher inputs at a fixed scale and teacher predictions on the student's canvas (SPEC §3).
 
-The teacher sees the student's image at a fixed short side `teacher_size` (800, long
-side <= `max_size`), same flip, no photometric change (the pipeline has none), while the
-student trains at 640-800. Its predictions are mapped back onto the student's padded
+The teacher sees the original photo (as decoded, before the student's resize) at a fixed
+short side `teacher_size` (800, long side <= `max_size`), with the student's flip and no
+photometric change (the pipeline has none), while the student trains at 640-800. In
+training `raw_images` is the batch's `originals` (SelfDistiller passes them); without
+them the student's own resized image is up-sampled instead, which loses whatever the
+student's downscale removed. Its predictions are mapped back onto the student's padded
 canvas so that matching (distill/matcher.py) and the reliable dice loss
 (losses/distill.py) work in the student's frame.
 
@@ -15,7 +18,10 @@ canvas so that matching (distill/matcher.py) and the reliable dice loss
     teacher_predictions(teacher_model, student_batch, *, teacher_size=800, max_size=1333,
                         topk=100, mask_stride=4, raw_images=None)
         student_batch: {"images" (B, 3, Hs, Ws) uint8, "image_mask" (B, Hs, Ws),
-                        "targets": [{"size": (hs, ws), "flipped": bool, ...}]}
+                        "targets": [{"size": (hs, ws), "flipped": bool,
+                                     "orig_size": (H0, W0) optional, ...}]}
+        raw_images: None or B uint8 (3, H0, W0), the un-flipped originals of the
+                    student's images (checked against targets' orig_size when given)
         -> per image {"boxes" (P, 4) XYXY on the student canvas, "scores" (P,),
                       "labels" (P,), "masks" (P, Hs/4, Ws/4) float probabilities}
     detections_to_student(det, *, teacher_size_hw, student_size_hw, student_canvas_hw,
@@ -24,17 +30,20 @@ canvas so that matching (distill/matcher.py) and the reliable dice loss
                           stride=4) -> (P, Hs/s, Ws/s)
 
 Geometry. Real image regions correspond corner to corner: teacher (ht, wt) <-> student
-(hs, ws), scale (ws/wt, hs/ht). A stride-s map value at index r belongs to canvas pixel
-s*r + s//2 (aligned_bilinear's convention and the box masks' [2::4] sampling). For each
-student stride-s cell inside the student's image, `resample_stride_masks` takes the
-teacher canvas position that the chain "aligned_bilinear upsampling to the teacher
-canvas, crop to (ht, wt), bilinear resize (align_corners=False, edge-clamped) to
-(hs, ws), sample at [s//2::s]" reads, and evaluates the teacher's piecewise-linear
-up-sampled map there directly, as one separable linear interpolation. The result equals
-the chain's (the up-sampled map's knots sit on integer pixels, so the chain's second
-interpolation between two neighbouring pixels is exact), but no full-resolution mask is
-ever built (100 masks at 800 x 1333 would take 400 MB). Cells in the student's padding
-get 0. Boxes are clipped to the teacher's image and scaled.
+(hs, ws), scale (ws/wt, hs/ht). That holds whether the teacher's image is resized from
+the student's or from the original, since the student's image is itself the whole
+original resized (and flipped: a flip commutes with the resize), never cropped. A
+stride-s map value at index r belongs to canvas pixel s*r + s//2 (aligned_bilinear's
+convention and the box masks' [2::4] sampling). For each student stride-s cell inside
+the student's image, `resample_stride_masks` takes the teacher canvas position that the
+chain "aligned_bilinear upsampling to the teacher canvas, crop to (ht, wt), bilinear
+resize (align_corners=False, edge-clamped) to (hs, ws), sample at [s//2::s]" reads, and
+evaluates the teacher's piecewise-linear up-sampled map there directly, as one separable
+linear interpolation. The result equals the chain's (the up-sampled map's knots sit on
+integer pixels, so the chain's second interpolation between two neighbouring pixels is
+exact), but no full-resolution mask is ever built (100 masks at 800 x 1333 would take
+400 MB). Cells in the student's padding get 0. Boxes are clipped to the teacher's image
+and scaled.
 """
 from __future__ import annotations
 
@@ -151,6 +160,19 @@ def _student_sizes(student_batch: dict) -> list[tuple[int, int]]:
     return [(int(m.any(dim=1).sum()), int(m.any(dim=0).sum())) for m in mask]
 
 
+def _check_raw_images(raw_images, targets: list[dict]) -> None:
+    """One original per student image, of the size it was decoded at: the corner-to-corner
+    mapping back is only right for the student's own original."""
+    if len(raw_images) != len(targets):
+        raise ValueError(f"boxdepth/distill/teacher.py: {len(raw_images)} raw images for "
+                         f"{len(targets)} student images")
+    for i, (img, t) in enumerate(zip(raw_images, targets)):
+        orig = tuple(int(v) for v in t.get("orig_size", img.shape[-2:]))
+        if tuple(int(v) for v in img.shape[-2:]) != orig:
+            raise ValueError(f"boxdepth/distill/teacher.py: raw image {i} is {tuple(img.shape[-2:])} "
+                             f"but its student image was resized from {tuple(t['orig_size'])}")
+
+
 @torch.no_grad()
 def teacher_predictions(teacher_model: nn.Module, student_batch: dict, *, teacher_size: int = 800,
                         max_size: int = 1333, topk: int = 100, mask_stride: int = 4,
@@ -169,6 +191,7 @@ def teacher_predictions(teacher_model: nn.Module, student_batch: dict, *, teache
     if raw_images is None:
         t_in = teacher_inputs(images, sizes=sizes, teacher_size=teacher_size, max_size=max_size)
     else:
+        _check_raw_images(raw_images, student_batch["targets"])
         flipped = [bool(t.get("flipped", False)) for t in student_batch["targets"]]
         t_in = teacher_inputs(raw_images, flipped=flipped, teacher_size=teacher_size, max_size=max_size)
     device = images.device

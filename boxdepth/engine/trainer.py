@@ -43,14 +43,16 @@ class NonFiniteLossError(RuntimeError):
 
 def build_train_loader(cfg: Config, *, start_iter: int = 0) -> DataLoader:
     """Endless loader of collated batches; each rank draws ims_per_batch / world_size images.
-    `loader.dataset.dataset` is the underlying CocoBoxDataset."""
+    `loader.dataset.dataset` is the underlying CocoBoxDataset. With distill.enabled the
+    batches carry `originals` (the decoded images, for the teacher's input)."""
     world = dist.get_world_size()
     if cfg.solver.ims_per_batch % world:
         raise ValueError(f"solver.ims_per_batch={cfg.solver.ims_per_batch} is not divisible by "
                          f"the number of processes ({world})")
     per_rank = cfg.solver.ims_per_batch // world
     generator = torch.Generator()
-    dataset = SeededDataset(build_dataset(cfg, "train", is_train=True, generator=generator), generator)
+    dataset = SeededDataset(build_dataset(cfg, "train", is_train=True, generator=generator,
+                                          keep_original=bool(cfg.distill.enabled)), generator)
     sampler = TrainingSampler(len(dataset), seed=cfg.seed, rank=dist.get_rank(), world_size=world,
                               start=start_iter * per_rank)
     workers = int(cfg.data.num_workers)
@@ -66,6 +68,8 @@ def batch_to_device(batch: dict, device: torch.device) -> dict:
             out[k] = out[k].to(device, non_blocking=True)
     out["targets"] = [{k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v
                        for k, v in t.items()} for t in batch["targets"]]
+    if batch.get("originals") is not None:
+        out["originals"] = [o.to(device, non_blocking=True) for o in batch["originals"]]
     return out
 
 

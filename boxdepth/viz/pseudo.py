@@ -20,9 +20,10 @@ in the image's pixels.
 
 One image, no flip, the steps of `SelfDistiller.forward`: the image (+ depth) and its GT
 boxes go through TestTransform(input.min_size_test, input.max_size_test) and
-collate_batch into a one-image student batch; `teacher_predictions` runs `model` at
-distill.teacher_size and maps its top predictions onto that canvas; the SelfDistiller
-that `build_distiller` makes from `cfg` matches GT boxes x
+collate_batch into a one-image student batch that keeps the image as its `originals`;
+`teacher_predictions` runs `model` on that original at distill.teacher_size (the
+teacher's input in training) and maps its top predictions onto the student's canvas;
+the SelfDistiller that `build_distiller` makes from `cfg` matches GT boxes x
 predictions, depth-aware when the image has depth, by IoU alone otherwise. A matched
 GT's pseudo mask is (teacher mask > 0.5) x its box mask at the mask stride s, as the
 reliable dice loss takes it (losses/distill.py); each stride cell is shown as the s x s
@@ -64,15 +65,17 @@ def load_gt_records(json_path, *, min_box_size: float = 1.0) -> dict[str, dict]:
 
 def student_batch(image: np.ndarray, d01, gt_boxes, *, min_size: int, max_size: int,
                   size_divisibility: int = 32) -> dict:
-    """A collated one-image batch as the training loader makes it, without the flip."""
+    """A collated one-image batch as the training loader makes it with distillation on
+    (the image kept as its original), without the flip."""
     boxes = torch.as_tensor(np.asarray(gt_boxes, np.float32).reshape(-1, 4))
-    sample = {"image": torch.tensor(np.asarray(image, np.uint8)).permute(2, 0, 1).contiguous(),
+    decoded = torch.tensor(np.asarray(image, np.uint8)).permute(2, 0, 1).contiguous()
+    sample = {"image": decoded,
               "boxes": boxes, "labels": torch.zeros(len(boxes), dtype=torch.long),
               "depth": None if d01 is None else torch.tensor(np.asarray(d01, np.float32))[None],
               "flipped": False}
     sample = TestTransform(min_size, max_size)(sample)
     sample.update(has_depth=d01 is not None, orig_size=tuple(image.shape[:2]),
-                  size=tuple(int(s) for s in sample["image"].shape[-2:]))
+                  size=tuple(int(s) for s in sample["image"].shape[-2:]), original=decoded)
     return collate_batch([sample], size_divisibility)
 
 
@@ -108,7 +111,8 @@ def pseudo_masks(model, cfg, image: np.ndarray, d01, gt_boxes, device) -> dict:
         preds = teacher_predictions(model, batch, teacher_size=cfg.distill.teacher_size,
                                     max_size=cfg.distill.teacher_max_size,
                                     topk=cfg.model.fcos.post_nms_topk,
-                                    mask_stride=cfg.model.mask_head.mask_out_stride)
+                                    mask_stride=cfg.model.mask_head.mask_out_stride,
+                                    raw_images=batch["originals"])
         match = distiller.match(preds, batch)[0]
         gi, pi = match["gt_inds"].cpu(), match["pred_inds"].cpu()
         box_masks = boxes_to_stride_masks(batch["targets"][0]["boxes"].cpu().float(),
