@@ -18,7 +18,7 @@ $(BIN)/python:
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH)"
-	$(BIN)/python -m pip install -q -e ".[dev,depth,lite0]"
+	$(BIN)/python -m pip install -q -e ".[dev,depth,lite0,tflite]"
 	echo "$(TORCH)" > $(STAMP)
 
 install: $(STAMP)

@@ -106,14 +106,19 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_depth(args: argparse.Namespace) -> int:
+    from boxdepth.depth.exported import ExportedOptions
     from boxdepth.depth.generate import generate_depth
 
     if (args.model is None) == (args.from_sensor is None):
-        raise ValueError("give exactly one of --model MODEL_DIR or --from-sensor SENSOR_DEPTH_ROOT")
+        raise ValueError("give exactly one of --model MODEL_DIR|FILE.onnx|FILE.tflite or "
+                         "--from-sensor SENSOR_DEPTH_ROOT")
+    exported = ExportedOptions(polarity=args.polarity, input_size=args.input_size,
+                               layout=args.layout, scale=args.scale, mean=args.mean, std=args.std,
+                               output=args.output)
     summary = generate_depth(args.images_root, args.out, model_dir=args.model,
                              from_sensor=args.from_sensor, coco_json=args.json,
                              batch_size=args.batch_size, device=args.device,
-                             progress=not args.quiet, overwrite=args.overwrite)
+                             progress=not args.quiet, overwrite=args.overwrite, exported=exported)
     print(f"{summary['written']} depth maps written, {summary['skipped_existing']} already there "
           f"({summary['source']}) -> {summary['out_root']} in {summary['seconds']:.1f} s")
     return 0

@@ -32,6 +32,17 @@ def _parse_hw(text: str) -> tuple[int, int]:
     return h, w
 
 
+def _parse_rgb(text: str) -> tuple[float, float, float]:
+    try:
+        vals = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        vals = ()
+    if len(vals) != 3:
+        raise argparse.ArgumentTypeError(f"expected R,G,B numbers, e.g. 0.485,0.456,0.406, "
+                                         f"got {text!r}")
+    return vals
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="boxdepth", description=DESCRIPTION)
     p.add_argument("--version", action="version", version=f"boxdepth {__version__}")
@@ -112,13 +123,29 @@ def _add_predict(sub) -> None:
 
 
 def _add_depth(sub) -> None:
-    s = sub.add_parser("depth", help="make pseudo depth once: a local HF depth model or a depth camera")
+    s = sub.add_parser("depth", help="make pseudo depth once: a local HF depth model, an exported "
+                                      ".onnx/.tflite model or a depth camera")
     s.add_argument("images_root", type=Path, help="image tree (the one training reads)")
     s.add_argument("--out", required=True, type=Path, help="depth root (mirrors the image tree)")
     s.add_argument("--model", type=str, default=None,
-                   help="local Hugging Face depth model folder (DPT, Depth Anything); never downloads")
+                   help="local Hugging Face depth model folder (DPT, Depth Anything) or an "
+                        "exported .onnx/.tflite file; never downloads")
     s.add_argument("--from-sensor", type=Path, default=None,
                    help="depth-camera images (uint16 mm, 0 = no reading) to convert instead")
+    e = s.add_argument_group("exported models (.onnx/.tflite; what the file states wins)")
+    e.add_argument("--polarity", choices=("disparity", "depth"), default=None,
+                   help="required: disparity = output larger when nearer (MiDaS/DPT), "
+                        "depth = larger when farther (PyDNet++)")
+    e.add_argument("--input-size", type=_parse_hw, default=None, metavar="HxW",
+                   help="input size when the model's is dynamic")
+    e.add_argument("--layout", choices=("nchw", "nhwc"), default=None,
+                   help="when the input shape does not tell")
+    e.add_argument("--scale", type=float, default=None,
+                   help="input = (pixel * scale - mean) / std; default 1/255, i.e. [0, 1]")
+    e.add_argument("--mean", type=_parse_rgb, default=None, metavar="R,G,B", help="default 0,0,0")
+    e.add_argument("--std", type=_parse_rgb, default=None, metavar="R,G,B", help="default 1,1,1")
+    e.add_argument("--output", default=None, metavar="NAME|INDEX",
+                   help="which model output is the depth map (default: the first)")
     s.add_argument("--json", type=Path, default=None, help="only the images of this COCO json")
     s.add_argument("--batch-size", type=int, default=4)
     s.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")

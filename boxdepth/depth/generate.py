@@ -9,9 +9,11 @@ normalised as training normalises them). Image ``rel`` gets the depth map
 ``depth_path_for(out_root, rel)``: 16-bit PNG at the image's original size (as
 ``load_image_rgb`` decodes it: EXIF-upright), values = normalised inverse depth.
 
-Model path (`model_dir`): see `boxdepth.depth.hf`. Batches are formed only from images
-whose processed tensors have the same shape (images are bucketed by processed size), so
-there is no batch padding and an image's depth does not depend on its batch mates.
+Model path (`model_dir`): a folder or cached repo id, see `boxdepth.depth.hf`; a .onnx or
+.tflite file, see `boxdepth.depth.exported` (one image per call, on the CPU). Batches are
+formed only from images whose processed tensors have the same shape (images are bucketed
+by processed size), so there is no batch padding and an image's depth does not depend on
+its batch mates.
 Sensor path (`from_sensor`): see `boxdepth.depth.sensor`.
 
 Resumable: an image whose depth PNG exists is skipped unless `overwrite`; every file is
@@ -24,6 +26,7 @@ written, skipped_existing, forward_passes (model only, else 0), device, out_root
 """
 from __future__ import annotations
 
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -36,6 +39,8 @@ from boxdepth.data.depth_io import (META_NAME, depth_path_for, normalize_inverse
                                     read_depth_meta, save_depth_png, write_depth_meta)
 from boxdepth.data.image_io import IMAGE_EXTENSIONS, load_image_rgb
 from boxdepth.depth.sensor import find_sensor_depth, is_depth_image_name, sensor_depth01
+
+log = logging.getLogger("boxdepth")
 
 # Upper bound on decoded-but-not-yet-run images across all size buckets: with many
 # distinct processed sizes the fullest bucket is run early instead of growing memory.
@@ -99,16 +104,29 @@ def _plan(names: list[str], out_root: Path, overwrite: bool) -> list[tuple[str, 
     return todo
 
 
-def _check_out_root(out_root: Path, source: str, overwrite: bool, *inputs: Path) -> None:
+def _check_out_root(out_root: Path, source: str, overwrite: bool, *inputs: Path,
+                    same: dict | None = None) -> None:
+    """Refuse an output folder that is an input, or holds depth from another source.
+
+    `same`: further meta.json keys that must match too (an exported model's hash,
+    polarity and preprocessing), so that one folder never mixes two kinds of maps.
+    """
     for root in inputs:
         if out_root.resolve() == root.resolve():
             raise ValueError(f"depth output folder {out_root} is the input folder {root}; "
                              f"depth maps would overwrite its files: choose another --out")
     meta = read_depth_meta(out_root)
-    if meta is not None and meta.get("source") != source and not overwrite:
+    if meta is None or overwrite:
+        return
+    if meta.get("source") != source:
         raise ValueError(f"{out_root / META_NAME}: this folder holds depth from "
                          f"{meta.get('source')!r}, not {source!r}; choose another output folder "
                          f"or overwrite it")
+    for key, value in (same or {}).items():
+        if meta.get(key) != value:
+            raise ValueError(f"{out_root / META_NAME}: this folder holds depth made with {key} "
+                             f"{meta.get(key)!r}, not {value!r}; choose another output folder "
+                             f"or overwrite it")
 
 
 @dataclass
@@ -166,16 +184,38 @@ def _run_model(estimator, todo, images_root: Path, batch_size: int, bar) -> int:
     return runner.forward_passes
 
 
-def _generate_from_model(images_root, out_root, names, model_dir, batch_size, device,
-                         progress, overwrite) -> dict:
+def _load_estimator(model, device: str, exported) -> tuple[object, dict, dict | None]:
+    """(estimator, meta.json extras, keys a resumed run must match) for a model source."""
+    from boxdepth.depth.exported import exported_format
+    if exported_format(model) is not None:
+        from boxdepth.depth.exported import load_exported_model
+        estimator = load_exported_model(model, options=exported)
+        if device not in ("auto", "cpu"):
+            log.info(f"exported models run on the CPU (--device {device} is not used)")
+        identity = estimator.identity()
+        meta = dict(identity, model_type=estimator.model_type, model_output=estimator.output_kind,
+                    resize="output resized bilinearly to the original image size",
+                    depth_to_inverse=("none (disparity)" if estimator.polarity == "disparity"
+                                      else "1 / max(d, 1e-3 * p99(d))"))
+        return estimator, meta, identity
+    if exported is not None and exported.given():
+        raise ValueError(f"--{', --'.join(k.replace('_', '-') for k in exported.given())} "
+                         f"apply only to .onnx/.tflite models, not to {model}")
     from boxdepth.depth.hf import load_depth_model
-    estimator = load_depth_model(model_dir, device=device)
-    _check_out_root(out_root, estimator.source, overwrite, images_root)
+    estimator = load_depth_model(model, device=device)
+    meta = dict(model_type=estimator.model_type, model_output=estimator.output_kind,
+                image_processor=type(estimator.processor).__name__,
+                resize="predicted_depth resized bilinearly to the original image size")
+    return estimator, meta, None
+
+
+def _generate_from_model(images_root, out_root, names, model, batch_size, device,
+                         progress, overwrite, exported) -> dict:
+    estimator, meta, identity = _load_estimator(model, device, exported)
+    _check_out_root(out_root, estimator.source, overwrite, images_root, same=identity)
     todo = _plan(names, out_root, overwrite)
-    write_depth_meta(out_root, source=estimator.source, model_type=estimator.model_type,
-                     model_output=estimator.output_kind, inverse_depth=True,
-                     image_processor=type(estimator.processor).__name__,
-                     resize="predicted_depth resized bilinearly to the original image size")
+    write_depth_meta(out_root, source=estimator.source, inverse_depth=True, **meta)
+    batch_size = min(batch_size, getattr(estimator, "max_batch", batch_size))
     with tqdm(total=len(todo), desc="depth", unit="img", disable=not progress) as bar:
         passes = _run_model(estimator, todo, images_root, batch_size, bar)
     return {"mode": "model", "source": estimator.source, "model_type": estimator.model_type,
@@ -218,11 +258,17 @@ def _image_names(images_root: Path, out_root: Path, coco_json, sensor_root) -> l
 
 def generate_depth(images_root, out_root, *, model_dir=None, from_sensor=None, coco_json=None,
                    batch_size: int = 4, device: str = "auto", progress: bool = True,
-                   overwrite: bool = False) -> dict:
-    """Write one pseudo-depth PNG per image under `out_root`; returns the summary dict."""
+                   overwrite: bool = False, exported=None) -> dict:
+    """Write one pseudo-depth PNG per image under `out_root`; returns the summary dict.
+
+    `exported`: `boxdepth.depth.exported.ExportedOptions` for a .onnx/.tflite `model_dir`.
+    """
     if (model_dir is None) == (from_sensor is None):
         raise ValueError("give exactly one depth source: model_dir (a saved depth model) or "
                          "from_sensor (a folder of sensor depth images)")
+    if from_sensor is not None and exported is not None and exported.given():
+        raise ValueError("--polarity/--input-size/--layout/--scale/--mean/--std/--output apply "
+                         "only to .onnx/.tflite models, not to --from-sensor")
     if int(batch_size) < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     images_root, out_root = Path(images_root), Path(out_root)
@@ -238,6 +284,6 @@ def generate_depth(images_root, out_root, *, model_dir=None, from_sensor=None, c
                                         overwrite)
     else:
         summary = _generate_from_model(images_root, out_root, names, model_dir, int(batch_size),
-                                       device, progress, overwrite)
+                                       device, progress, overwrite, exported)
     summary.update(out_root=str(out_root), seconds=round(time.perf_counter() - start, 3))
     return summary
