@@ -49,7 +49,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(format_overfit_report(report))
         print(f"wrote {Path(args.out) / 'overfit.json'}")
         return 0 if report["passed"] else 1
-    final = train(cfg, args.out, resume=args.resume, progress=not args.quiet)
+    final = train(cfg, args.out, resume=args.resume, overwrite=args.overwrite,
+                  progress=not args.quiet)
     if dist.is_main_process():
         print(f"wrote {final}")
     if cfg.data.val_json and not args.no_eval:

@@ -84,6 +84,9 @@ def _add_train(sub) -> None:
     s.add_argument("overrides", nargs="*", help="key=value config overrides")
     s.add_argument("--out", required=True, type=Path, help="run directory")
     s.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
+    s.add_argument("--overwrite", action="store_true",
+                   help="--out holds an earlier run: delete its files (config, checkpoints, "
+                        "metrics, tb/) and start again")
     s.add_argument("--no-eval", action="store_true", help="skip the evaluation at the end")
     s.add_argument("--quiet", action="store_true", help="no progress bars")
     s.add_argument("--overfit", type=int, default=0, metavar="N",

@@ -145,36 +145,16 @@ def variant_config(name: str, data_dir: Path, seed: int, extra: list[str] = ()):
     return load_config(DEMO_CONFIG, data_overrides(data_dir) + overrides + [f"seed={seed}", *extra])
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-    return out
-
-
 def _check_same_config(run_dir: Path, cfg) -> None:
     """Refuse to resume a run made with other settings (it would mix two budgets). Keys the
-    run never read do not count: the distillation settings of a run without distillation."""
-    import yaml
+    run never read do not count (engine/run_dir.config_differences)."""
+    from boxdepth.engine.run_dir import config_differences, format_differences, stored_config
 
-    saved_path = run_dir / "config.yaml"
-    if not saved_path.exists():
-        return
-    from boxdepth.config import load_config
-
-    # a key the saved config lacks (added to boxdepth after that run) counts at its default
-    saved = {**_flat(load_config(None).to_dict()), **_flat(yaml.safe_load(saved_path.read_text()))}
-    now = _flat(cfg.to_dict())
-    saved["model.fcos.num_classes"] = now["model.fcos.num_classes"]
-    if not saved.get("distill.enabled") and not now.get("distill.enabled"):
-        saved = {k: v for k, v in saved.items() if not k.startswith("distill.")}
-        now = {k: v for k, v in now.items() if not k.startswith("distill.")}
-    differ = sorted(k for k in saved.keys() | now.keys() if saved.get(k, "<absent>") != now.get(k, "<absent>"))
+    saved = stored_config(run_dir)
+    differ = config_differences(saved, cfg.to_dict()) if saved is not None else []
     if differ:
-        shown = ", ".join(f"{k}: {saved.get(k, '<absent>')!r} there, {now.get(k, '<absent>')!r} now"
-                          for k in differ[:5])
-        raise ValueError(f"{run_dir} holds a run with other settings ({shown}"
-                         f"{', ...' if len(differ) > 5 else ''}); remove it or use another --out")
+        raise ValueError(f"{run_dir} holds a run with other settings ({format_differences(differ)}); "
+                         f"remove it or use another --out")
 
 
 def train_and_evaluate(name: str, data_dir: Path, out_dir: Path, seed: int, extra: list[str],

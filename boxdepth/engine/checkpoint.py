@@ -38,15 +38,19 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return ckpt
 
 
+def checkpoints_newest_first(run_dir: str | Path) -> list[Path]:
+    """`model_final.pth`, then the `model_<iter>.pth` of a run directory, newest first."""
+    run_dir = Path(run_dir)
+    numbered = sorted(((int(m.group(1)), p) for p in run_dir.glob("model_*.pth")
+                       if (m := _CKPT_RE.search(p.name))), reverse=True)
+    final = run_dir / "model_final.pth"
+    return ([final] if final.exists() else []) + [p for _, p in numbered]
+
+
 def last_checkpoint(run_dir: str | Path) -> Path | None:
     """The newest `model_<iter>.pth` (or `model_final.pth`) in a run directory."""
-    run_dir = Path(run_dir)
-    final = run_dir / "model_final.pth"
-    numbered = sorted((int(m.group(1)), p) for p in run_dir.glob("model_*.pth")
-                      if (m := _CKPT_RE.search(p.name)))
-    if final.exists():
-        return final
-    return numbered[-1][1] if numbered else None
+    found = checkpoints_newest_first(run_dir)
+    return found[0] if found else None
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:

@@ -13,14 +13,17 @@ log = logging.getLogger("boxdepth")
 
 
 class MetricsWriter:
-    def __init__(self, run_dir: str | Path, *, enabled: bool = True, tensorboard: bool = True):
+    def __init__(self, run_dir: str | Path, *, enabled: bool = True, tensorboard: bool = True,
+                 purge_step: int | None = None):
+        """`purge_step`: a resumed run's first iteration; TensorBoard hides the events an
+        earlier attempt logged after it (run_dir.py trims metrics.jsonl the same way)."""
         self.enabled = enabled
         self.path = Path(run_dir) / "metrics.jsonl"
         self._tb = None
         if enabled and tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
-                self._tb = SummaryWriter(str(Path(run_dir) / "tb"))
+                self._tb = SummaryWriter(str(Path(run_dir) / "tb"), purge_step=purge_step)
             except Exception:  # tensorboard not installed: jsonl only
                 log.debug("tensorboard unavailable; writing metrics.jsonl only")
 

@@ -19,7 +19,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from boxdepth.config import Config, save_config
+from boxdepth.config import Config
 from boxdepth.data.build import build_dataset
 from boxdepth.data.sampler import SeededDataset, TrainingSampler
 from boxdepth.data.transforms import collate_batch
@@ -27,10 +27,11 @@ from boxdepth.engine import dist
 from boxdepth.engine.amp import autocast as amp_autocast
 from boxdepth.distill.distiller import SelfDistiller
 from boxdepth.distill.ema import ModelEMA
-from boxdepth.engine.checkpoint import last_checkpoint, load_checkpoint, save_checkpoint
+from boxdepth.engine.checkpoint import save_checkpoint
 from boxdepth.engine.health import TrainingHealth, regression_stats
 from boxdepth.engine.logging import MetricsWriter
 from boxdepth.engine.optim import build_lr_scheduler, build_optimizer
+from boxdepth.engine.run_dir import check_resume_config, find_checkpoint, prepare_run_dir, start_run_files
 from boxdepth.losses.build import build_criterion
 from boxdepth.models.build import build_model
 
@@ -120,7 +121,10 @@ def build_training(cfg: Config, device: torch.device):
 
 def restore(ckpt: dict, model, optimizer, scheduler, scaler) -> int:
     """Load a training checkpoint (dict) into the objects; returns the iteration to continue from."""
-    model.load_state_dict(ckpt["model"])
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:  # shapes of another config: one line, not a traceback
+        raise ValueError(f"the checkpoint does not fit the model of this config: {e}") from None
     optimizer.load_state_dict(ckpt["optimizer"])
     scheduler.load_state_dict(ckpt["scheduler"])
     if scaler.is_enabled() and ckpt.get("scaler"):
@@ -174,26 +178,30 @@ def build_distiller(cfg: Config) -> SelfDistiller:
                          topk=cfg.model.fcos.post_nms_topk)
 
 
-def train(cfg: Config, out_dir: str | Path, *, resume: bool = False, progress: bool = True) -> Path:
-    """Train per `cfg` into `out_dir`; returns the final checkpoint's path."""
+def train(cfg: Config, out_dir: str | Path, *, resume: bool = False, overwrite: bool = False,
+          progress: bool = True) -> Path:
+    """Train per `cfg` into `out_dir`; returns the final checkpoint's path. A folder that
+    holds a run needs `resume` or `overwrite` (engine/run_dir.py)."""
     device = dist.init_distributed(cfg.device)
     out_dir, is_main = Path(out_dir), dist.is_main_process()
+    prepare_run_dir(out_dir, resume=resume, overwrite=overwrite)
     last_good, ckpt = find_resume(out_dir, resume, device)
     start_iter = int(ckpt["iteration"]) if ckpt else 0
     loader = build_train_loader(cfg, start_iter=start_iter)
     meta = dataset_meta(loader.dataset.dataset)
     resolve_num_classes(cfg, loader.dataset.dataset)
-    if is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out_dir / "config.yaml")
+    check_resume_config(out_dir, cfg, ckpt, last_good)
     model, criterion, optimizer, scheduler, scaler = build_training(cfg, device)
     distiller = build_distiller(cfg) if cfg.distill.enabled else None
     teacher = resume_training(ckpt, last_good, cfg, model, optimizer, scheduler, scaler)
     del ckpt
+    if is_main:  # only now can the run start: its files change from here on
+        start_run_files(out_dir, cfg, start_iter)
     if dist.is_dist():
         model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
-    writer = MetricsWriter(out_dir, enabled=is_main, tensorboard=cfg.log.tensorboard)
+    writer = MetricsWriter(out_dir, enabled=is_main, tensorboard=cfg.log.tensorboard,
+                           purge_step=start_iter or None)
     max_iter, period = int(cfg.solver.max_iter), int(cfg.log.period)
     ckpt_period = int(cfg.solver.checkpoint_period)
     bar = tqdm(total=max_iter, initial=start_iter, disable=not (progress and is_main),
@@ -240,11 +248,12 @@ def train(cfg: Config, out_dir: str | Path, *, resume: bool = False, progress: b
 
 
 def find_resume(out_dir: Path, resume: bool, device: torch.device) -> tuple[Path | None, dict | None]:
-    """With `resume`, the last complete checkpoint in `out_dir` and its contents; else (None, None)."""
-    path = last_checkpoint(out_dir) if resume else None
+    """With `resume`, the newest checkpoint in `out_dir` that loads and its contents; else
+    (None, None)."""
+    path, ckpt = find_checkpoint(out_dir, map_location=device) if resume else (None, None)
     if resume and path is None:
         log.info(f"--resume: no checkpoint in {out_dir}; starting from scratch")
-    return path, (load_checkpoint(path, map_location=device) if path else None)
+    return path, ckpt
 
 
 def resume_training(ckpt: dict | None, path: Path | None, cfg: Config, model, optimizer, scheduler,
