@@ -12,6 +12,10 @@ import sys
 from pathlib import Path
 
 from boxdepth.cli_args import build_parser, parse_cli  # noqa: F401  (the public entry points)
+from boxdepth.fileio import refuse_overwriting_inputs
+
+# what `predict` writes into --out (engine/predict.py)
+PREDICT_OUTPUTS = ("results.json", "images.json", "overlays", "masks", "depth")
 
 log = logging.getLogger("boxdepth")
 
@@ -78,6 +82,7 @@ def _evaluate_checkpoint(weights: Path, cfg, metrics_path: Path, quiet: bool = F
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from boxdepth.engine.evaluate import format_metrics_table, run_eval_files
+    from boxdepth.engine.inference import results_path_for
 
     if args.config is not None:
         if not args.weights:
@@ -85,10 +90,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
         from boxdepth.config import load_config
         cfg = load_config(args.config, args.overrides)
         # default: beside the checkpoint, as training's own evaluation writes them
-        _evaluate_checkpoint(Path(args.weights), cfg, args.out or Path(args.weights).parent / "metrics.json")
+        out = args.out or Path(args.weights).parent / "metrics.json"
+        refuse_overwriting_inputs({"--out": out, "--out (detections)": results_path_for(out)},
+                                  {"--weights": args.weights, "data.val_json": cfg.data.val_json})
+        _evaluate_checkpoint(Path(args.weights), cfg, out)
         return 0
     if not (args.gt and args.results):
         raise ValueError("give either CONFIG --weights CKPT, or --gt GT.json --results DETS.json")
+    refuse_overwriting_inputs({"--out": args.out}, {"--gt": args.gt, "--results": args.results})
     metrics = run_eval_files(args.gt, args.results, args.out)
     print(format_metrics_table(metrics))
     if args.out:
@@ -99,6 +108,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from boxdepth.engine.predict import format_predict_summary, run_predict
 
+    refuse_overwriting_inputs(
+        {"--out": args.out, **{f"--out ({n})": args.out / n for n in PREDICT_OUTPUTS}},
+        [("--weights", args.weights), *(("INPUTS", x) for x in args.inputs)])
     summary = run_predict(args.weights, args.inputs, args.out, device=args.device,
                           score_thresh=args.score_thresh, save_depth=args.save_depth,
                           progress=not args.quiet, cfg_overrides=args.overrides)
@@ -128,6 +140,9 @@ def cmd_depth(args: argparse.Namespace) -> int:
 def cmd_viz(args: argparse.Namespace) -> int:
     from boxdepth.viz.panels import format_viz_summary, run_viz
 
+    refuse_overwriting_inputs({"--out": args.out}, [
+        ("--depth", args.depth), ("--images-root", args.images_root), ("--weights", args.weights),
+        ("--gt", args.gt), *(("INPUTS", x) for x in args.inputs)])
     summary = run_viz(args.inputs, args.out, depth_root=args.depth, images_root=args.images_root,
                       weights=args.weights, gt=args.gt, device=args.device,
                       score_thresh=args.score_thresh,
@@ -141,6 +156,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from boxdepth.config import load_config
     from boxdepth.export.exporter import export_model
 
+    refuse_overwriting_inputs({"--out": args.out}, {"--weights": args.weights})
     cfg = load_config(args.config, args.overrides)
     meta = export_model(args.weights, args.out, fmt=args.format, cfg=cfg, size_hw=args.size,
                         dynamic=args.dynamic)

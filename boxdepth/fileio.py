@@ -1,6 +1,7 @@
-"""Crash-safe file writing: every output goes to a temp file in the same folder and is
-renamed over the target, so an interrupted run never leaves a half-written file and
-never destroys the previous good one."""
+"""Safe file writing: every output goes to a temp file in the same folder and is renamed
+over the target, so an interrupted run never leaves a half-written file and never
+destroys the previous good one; and no verb writes over one of its own inputs
+(`refuse_overwriting_inputs`)."""
 from __future__ import annotations
 
 import contextlib
@@ -8,7 +9,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -54,3 +55,34 @@ def atomic_save(path: str | os.PathLike, save_fn: Callable[[Path], None]) -> Non
     """Call `save_fn(tmp_path)` (e.g. ``lambda p: img.save(p)``) then rename atomically."""
     with atomic_path(path) as tmp:
         save_fn(tmp)
+
+
+class InputOverwriteError(ValueError):
+    """An output path that is one of the command's inputs."""
+
+
+def same_path(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Whether two paths name the same file or folder (through links too when both exist)."""
+    a, b = Path(a), Path(b)
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+    except OSError:
+        pass
+    return a.resolve() == b.resolve()
+
+
+def refuse_overwriting_inputs(outputs: dict[str, Any], inputs: dict[str, Any] | Iterable) -> None:
+    """Raise InputOverwriteError when an output path (file or folder) is one of the inputs.
+
+    `outputs` and `inputs` map what the user typed (`--out`, `--json`, ...) to a path or
+    None (not given); `inputs` may also be (name, path) pairs, for a name given several
+    times. Every verb that writes calls this before it reads anything, so a wrong `--out`
+    costs nothing and never replaces the data it was meant to read."""
+    pairs = list(inputs.items()) if isinstance(inputs, dict) else list(inputs)
+    for out_name, out in outputs.items():
+        for in_name, inp in pairs:
+            if out is not None and inp is not None and same_path(out, inp):
+                raise InputOverwriteError(
+                    f"{out_name} {out} is the input {in_name} {inp}: it would overwrite an "
+                    f"input; give another {out_name.split(' ')[0]}")

@@ -32,7 +32,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from pycocotools import mask as mask_utils
 
-from boxdepth.fileio import atomic_write_json
+from boxdepth.fileio import atomic_write_json, refuse_overwriting_inputs
 
 CITYSCAPES_THING_CLASSES = {"person": 24, "rider": 25, "car": 26, "truck": 27, "bus": 28,
                             "train": 31, "motorcycle": 32, "bicycle": 33}
@@ -142,7 +142,9 @@ def convert_cityscapes(gtfine_root: str | Path, out_dir: str | Path, *,
     """Convert the train and val splits found under `gtfine_root` into `out_dir`
     (train.json, val.json). With `images_root` (leftImg8bit) every image must exist there.
     Returns {split: summary dict + "json": path written}."""
-    root = Path(gtfine_root)
+    root, out = Path(gtfine_root), Path(out_dir)
+    refuse_overwriting_inputs({"--out": out, **{f"--out ({s}.json)": out / f"{s}.json" for s in SPLITS}},
+                              {"GTFINE_ROOT": root, "--images": images_root})
     if not root.is_dir():
         raise FileNotFoundError(f"gtFine folder not found: {root}")
     images = Path(images_root) if images_root is not None else None
@@ -152,7 +154,7 @@ def convert_cityscapes(gtfine_root: str | Path, out_dir: str | Path, *,
     if not splits:
         raise FileNotFoundError(f"{root}: neither train/ nor val/ found (expected the gtFine root)")
     converted = {split: convert_split(root, split, images) for split in splits}
-    out, report = Path(out_dir), {}
+    report = {}
     for split, (coco, summary) in converted.items():  # write only once everything converted
         atomic_write_json(out / f"{split}.json", coco, indent=None)
         report[split] = {**summary, "json": str(out / f"{split}.json")}

@@ -39,6 +39,7 @@ from boxdepth.data.depth_io import (META_NAME, depth_path_for, normalize_inverse
                                     read_depth_meta, save_depth_png, write_depth_meta)
 from boxdepth.data.image_io import IMAGE_EXTENSIONS, load_image_rgb
 from boxdepth.depth.sensor import find_sensor_depth, is_depth_image_name, sensor_depth01
+from boxdepth.fileio import refuse_overwriting_inputs
 
 log = logging.getLogger("boxdepth")
 
@@ -104,17 +105,14 @@ def _plan(names: list[str], out_root: Path, overwrite: bool) -> list[tuple[str, 
     return todo
 
 
-def _check_out_root(out_root: Path, source: str, overwrite: bool, *inputs: Path,
+def _check_out_root(out_root: Path, source: str, overwrite: bool, *,
                     same: dict | None = None) -> None:
-    """Refuse an output folder that is an input, or holds depth from another source.
+    """Refuse an output folder that holds depth from another source (one that is an input
+    was refused by generate_depth, before any model loaded).
 
     `same`: further meta.json keys that must match too (an exported model's hash,
     polarity and preprocessing), so that one folder never mixes two kinds of maps.
     """
-    for root in inputs:
-        if out_root.resolve() == root.resolve():
-            raise ValueError(f"depth output folder {out_root} is the input folder {root}; "
-                             f"depth maps would overwrite its files: choose another --out")
     meta = read_depth_meta(out_root)
     if meta is None or overwrite:
         return
@@ -212,7 +210,7 @@ def _load_estimator(model, device: str, exported) -> tuple[object, dict, dict | 
 def _generate_from_model(images_root, out_root, names, model, batch_size, device,
                          progress, overwrite, exported) -> dict:
     estimator, meta, identity = _load_estimator(model, device, exported)
-    _check_out_root(out_root, estimator.source, overwrite, images_root, same=identity)
+    _check_out_root(out_root, estimator.source, overwrite, same=identity)
     todo = _plan(names, out_root, overwrite)
     write_depth_meta(out_root, source=estimator.source, inverse_depth=True, **meta)
     batch_size = min(batch_size, getattr(estimator, "max_batch", batch_size))
@@ -224,7 +222,7 @@ def _generate_from_model(images_root, out_root, names, model, batch_size, device
 
 
 def _generate_from_sensor(images_root, out_root, names, sensor_root, progress, overwrite) -> dict:
-    _check_out_root(out_root, "sensor", overwrite, images_root, sensor_root)
+    _check_out_root(out_root, "sensor", overwrite)
     pairs = [(rel, find_sensor_depth(images_root, sensor_root, rel)) for rel in names]
     todo = dict(_plan(names, out_root, overwrite))
     write_depth_meta(out_root, source="sensor", sensor_root=str(sensor_root.resolve()),
@@ -272,6 +270,8 @@ def generate_depth(images_root, out_root, *, model_dir=None, from_sensor=None, c
     if int(batch_size) < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     images_root, out_root = Path(images_root), Path(out_root)
+    refuse_overwriting_inputs({"--out": out_root}, {"IMAGES_ROOT": images_root, "--model": model_dir,
+                                                    "--from-sensor": from_sensor, "--json": coco_json})
     if not images_root.is_dir():
         raise FileNotFoundError(f"image folder not found: {images_root}")
     sensor_root = Path(from_sensor) if from_sensor is not None else None

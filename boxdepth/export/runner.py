@@ -31,6 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from boxdepth.fileio import refuse_overwriting_inputs
 from boxdepth.export.exporter import METADATA_KEY, TORCHSCRIPT_EXTRA, SIZE_DIVISIBILITY
 from boxdepth.export.graph import split_outputs
 from boxdepth.models.build import build_mask_head
@@ -179,6 +180,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
     try:
+        from boxdepth.cli import PREDICT_OUTPUTS
+
+        refuse_overwriting_inputs(
+            {"--out": args.out, **{f"--out ({n})": args.out / n for n in PREDICT_OUTPUTS}},
+            [("FILE", args.model), *(("INPUTS", x) for x in args.inputs)])
         summary = run_exported_predict(args.model, args.inputs, args.out, score_thresh=args.score_thresh,
                                        save_depth=args.save_depth, threads=args.threads,
                                        progress=not args.quiet)

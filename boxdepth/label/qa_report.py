@@ -26,10 +26,12 @@ import numpy as np
 from boxdepth.data.coco_records import read_coco_json
 from boxdepth.data.image_io import BadImageError, load_image_rgb
 from boxdepth.data.rle import segmentation_to_mask
-from boxdepth.fileio import atomic_write_json, atomic_write_text
+from boxdepth.fileio import atomic_write_json, atomic_write_text, refuse_overwriting_inputs
 from boxdepth.label.qa import FLAGS, qa_rows
 from boxdepth.viz.contact_sheet import contact_sheet, crop_tile
 from boxdepth.viz.draw import note_tile, save_png
+
+OUTPUTS = ("qa.csv", "qa.json", "qa_contact.png")  # what run_qa writes into out_dir
 
 log = logging.getLogger("boxdepth")
 
@@ -79,6 +81,8 @@ def run_qa(json_path, images_root, out_dir, *, top: int = 24, tile: int = 128, c
            **thresholds) -> dict:
     """Rank, write the report and the contact sheet (module doc)."""
     json_path, images_root, out_dir = Path(json_path), Path(images_root), Path(out_dir)
+    refuse_overwriting_inputs({"--out": out_dir, **{f"--out ({n})": out_dir / n for n in OUTPUTS}},
+                              {"--json": json_path, "--images": images_root})
     data = read_coco_json(json_path)
     try:
         rows, stats = qa_rows(data, **thresholds)

@@ -38,7 +38,7 @@ from boxdepth.data.coco_records import clip_xywh, parse_coco, read_coco_json
 from boxdepth.data.depth_io import depth_path_for, load_depth_png
 from boxdepth.data.image_io import BadImageError, load_image_rgb
 from boxdepth.data.rle import mask_to_rle, rle_area
-from boxdepth.fileio import atomic_write_json
+from boxdepth.fileio import atomic_write_json, refuse_overwriting_inputs
 from boxdepth.label.model_masks import label_batch
 from boxdepth.label.progress import LabelJournal, job_fingerprint
 
@@ -145,6 +145,8 @@ def run_label(model, *, json_path, images_root, out_path, depth_root=None, batch
     identifies the job."""
     t0 = time.perf_counter()
     json_path, images_root, out_path = Path(json_path), Path(images_root), Path(out_path)
+    refuse_overwriting_inputs({"--out": out_path}, {"--json": json_path, "--images": images_root,
+                                                    "--depth": depth_root, "--weights": weights})
     data = read_coco_json(json_path)
     records, kept, invalid, crowd = annotation_plan(data, where=str(json_path), min_box_size=min_box_size)
     out = copy.deepcopy(data)
