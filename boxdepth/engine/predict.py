@@ -37,11 +37,12 @@ from tqdm import tqdm
 from boxdepth.data.depth_io import save_depth_png
 from boxdepth.data.image_io import IMAGE_EXTENSIONS, BadImageError, load_image_rgb
 from boxdepth.data.results import instances_to_coco_results, write_coco_results
+from boxdepth.data.rle import mask_to_rle
 from boxdepth.data.transforms import TestTransform, collate_batch
 from boxdepth.engine.dist import resolve_device
 from boxdepth.fileio import atomic_write_json
 from boxdepth.models.condinst import SIZE_DIVISIBILITY, postprocess_detections
-from boxdepth.viz.draw import overlay_instances, save_png
+from boxdepth.viz.draw import blend_mask, instance_colors, overlay_instances, save_png
 
 log = logging.getLogger("boxdepth")
 
@@ -150,11 +151,12 @@ def categories_of(meta: dict, num_classes: int, weights) -> tuple[list[int], lis
 
 
 @torch.no_grad()
-def predict_image(model: torch.nn.Module, image: np.ndarray, transform, device, *,
-                  with_depth: bool = True) -> dict:
-    """uint8 (H0, W0, 3) -> numpy {"boxes" (D, 4) XYXY, "scores" (D,), "labels" (D,),
-    "masks" bool (D, H0, W0), "depth" float32 (D, H0, W0) or None} at the original size,
-    sorted by score (descending). "depth" is None without a DG head or `with_depth`."""
+def detect_image(model: torch.nn.Module, image: np.ndarray, transform, device, *,
+                 with_depth: bool = True) -> dict:
+    """uint8 (H0, W0, 3) -> {"boxes" (D, 4) XYXY at the original size, "scores" (D,),
+    "labels" (D,)} as numpy, sorted by score (descending), and "paster": a
+    models.paste.MaskPaster in the same order, which gives one full-size mask (and depth)
+    at a time. Its depth is None without a DG head or `with_depth`."""
     h0, w0 = image.shape[:2]
     sample = transform({"image": torch.from_numpy(image).permute(2, 0, 1).contiguous(),
                         "boxes": torch.zeros((0, 4))})
@@ -163,33 +165,59 @@ def predict_image(model: torch.nn.Module, image: np.ndarray, transform, device, 
     if not with_depth:  # upsampling D depth maps to the original size is not free
         det = {**det, "depth_probs": None}
     out = postprocess_detections(det, tuple(sample["image"].shape[-2:]), (h0, w0),
-                                 model.mask_threshold, mask_stride=model.mask_out_stride)
+                                 model.mask_threshold, mask_stride=model.mask_out_stride, paste=False)
     order = torch.argsort(out["scores"], descending=True, stable=True)
-    res = {k: out[k][order].cpu().numpy() for k in ("boxes", "scores", "labels", "masks")}
-    res["depth"] = None if out["depth"] is None else out["depth"][order].float().cpu().numpy()
-    return res
+    res = {k: out[k][order].cpu().numpy() for k in ("boxes", "scores", "labels")}
+    return {**res, "paster": out["paster"].take(order)}
+
+
+@torch.no_grad()
+def predict_image(model: torch.nn.Module, image: np.ndarray, transform, device, *,
+                  with_depth: bool = True) -> dict:
+    """uint8 (H0, W0, 3) -> numpy {"boxes" (D, 4) XYXY, "scores" (D,), "labels" (D,),
+    "masks" bool (D, H0, W0), "depth" float32 (D, H0, W0) or None} at the original size,
+    sorted by score (descending). "depth" is None without a DG head or `with_depth`."""
+    det = detect_image(model, image, transform, device, with_depth=with_depth)
+    paster = det.pop("paster")
+    depth = paster.depths()
+    return {**det, "masks": paster.masks().cpu().numpy(),
+            "depth": None if depth is None else depth.cpu().numpy()}
 
 
 def _safe(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "x"
 
 
-def write_image_outputs(out_dir: Path, name: str, image: np.ndarray, det: dict,
-                        class_names: Sequence[str], score_thresh: float, save_depth: bool) -> int:
-    """Overlay, mask PNGs and (optionally) depth PNGs of one image's shown detections;
-    returns how many were shown."""
-    shown = np.nonzero(det["scores"] >= score_thresh)[0]
+def write_image_outputs(out_dir: Path, name: str, image: np.ndarray, det: dict, *, image_id: int,
+                        cat_ids: Sequence[int], class_names: Sequence[str], score_thresh: float,
+                        save_depth: bool) -> tuple[list[dict], int]:
+    """One image's COCO results entries, and its overlay, mask PNGs and (optionally) depth
+    PNGs of the detections >= score_thresh; returns (entries, how many were shown).
+
+    `det` is `detect_image`'s: masks come one at a time from its paster, so memory holds
+    one full-size mask at a time, not D."""
+    paster = det["paster"]
+    entries = instances_to_coco_results(image_id, det["boxes"], det["scores"], det["labels"], None,
+                                        cat_ids=cat_ids)
+    shown = np.nonzero(det["scores"] >= score_thresh)[0]  # 0 .. S-1: scores are sorted
+    colors, canvas = instance_colors(len(shown)), image.copy()
+    # last to first: each mask is blended as it comes and detection 0 ends on top, as in
+    # overlay_instances, while only one full-size mask is in memory
+    for k in reversed(range(len(entries))):
+        mask = paster.mask(k).cpu().numpy()
+        entries[k]["segmentation"] = mask_to_rle(mask)
+        if k >= len(shown):
+            continue
+        cls = _safe(class_names[int(det["labels"][k])])
+        save_png(out_dir / "masks" / name / f"{k:03d}_{cls}_{det['scores'][k]:.3f}.png", mask)
+        blend_mask(canvas, mask, colors[k])
+        if save_depth and paster.has_depth:
+            depth = paster.depth(k).cpu().numpy()
+            save_depth_png(out_dir / "depth" / name / f"{k:03d}.png", np.where(mask, depth, 0.0))
     labels = [class_names[int(det["labels"][k])] for k in shown]
-    overlay = overlay_instances(image, det["masks"][shown], det["boxes"][shown], labels,
-                                det["scores"][shown])
+    overlay = overlay_instances(canvas, None, det["boxes"][shown], labels, det["scores"][shown])
     save_png(out_dir / "overlays" / f"{name}.png", overlay)
-    for k, cls in zip(shown, labels):
-        save_png(out_dir / "masks" / name / f"{k:03d}_{_safe(cls)}_{det['scores'][k]:.3f}.png",
-                 det["masks"][k])
-        if save_depth and det["depth"] is not None:
-            save_depth_png(out_dir / "depth" / name / f"{k:03d}.png",
-                           np.where(det["masks"][k], det["depth"][k], 0.0))
-    return len(shown)
+    return entries, len(shown)
 
 
 def _load(weights, device, cfg_overrides):
@@ -247,13 +275,15 @@ def predict_paths(model, paths: Sequence[Path], out_dir, *, transform, cat_ids, 
     for image_id, (path, name) in enumerate(tqdm(list(zip(paths, names)), desc="predict",
                                                 disable=not progress, dynamic_ncols=True)):
         image = load_image_rgb(path)
-        det = predict_image(model, image, transform, device, with_depth=save_depth)
-        results += instances_to_coco_results(image_id, det["boxes"], det["scores"], det["labels"],
-                                             det["masks"], cat_ids=cat_ids)
+        det = detect_image(model, image, transform, device, with_depth=save_depth)
+        entries, n_shown = write_image_outputs(out_dir, name, image, det, image_id=image_id,
+                                               cat_ids=cat_ids, class_names=class_names,
+                                               score_thresh=score_thresh, save_depth=save_depth)
+        results += entries
+        shown += n_shown
         images.append({"id": image_id, "file_name": str(path),
                        "width": int(image.shape[1]), "height": int(image.shape[0])})
-        shown += write_image_outputs(out_dir, name, image, det, class_names, score_thresh, save_depth)
-        any_depth |= save_depth and det["depth"] is not None
+        any_depth |= save_depth and det["paster"].has_depth
     write_coco_results(out_dir / "results.json", results)
     categories = [{"id": c, "name": n} for c, n in zip(cat_ids, class_names)]
     atomic_write_json(out_dir / "images.json", {"images": images, "categories": categories})

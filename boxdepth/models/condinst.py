@@ -21,11 +21,10 @@ original image.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from boxdepth.models.fcos import compute_locations, decode_detections, flatten_levels
-from boxdepth.ops.pairwise import aligned_bilinear
+from boxdepth.models.paste import MaskPaster
 
 SIZE_DIVISIBILITY = 32
 
@@ -184,23 +183,16 @@ def dense_to_detections(head_out: dict, mask_feats: torch.Tensor, locations: lis
     return results
 
 
-def _probs_to_original(probs: torch.Tensor, mask_stride: int, input_hw, orig_hw, chunk: int = 16) -> torch.Tensor:
-    """(D, 1, Hp/s, Wp/s) -> (D, H0, W0): canvas, crop to the resized image, bilinear to H0 x W0."""
-    out = []
-    for part in probs.float().split(chunk):  # chunks bound memory at large original sizes
-        up = aligned_bilinear(part, mask_stride)[:, :, :input_hw[0], :input_hw[1]]
-        out.append(F.interpolate(up, size=tuple(orig_hw), mode="bilinear", align_corners=False)[:, 0])
-    return torch.cat(out) if out else probs.new_zeros(0, *orig_hw, dtype=torch.float32)
-
-
 def postprocess_detections(det: dict, input_size_hw, orig_size_hw, mask_threshold: float = 0.5,
-                           mask_stride: int = 4) -> dict:
+                           mask_stride: int = 4, *, paste: bool = True) -> dict:
     """One image's inference dict -> {"boxes" (D', 4) XYXY at the original size, "scores",
     "labels", "masks" bool (D', H0, W0), "depth" float (D', H0, W0) or None}.
 
     `input_size_hw` is the resized image before padding, `orig_size_hw` the original.
     Boxes are clipped to the image and scaled; detections whose box is empty after
-    clipping are dropped (as detectron2's detector_postprocess).
+    clipping are dropped (as detectron2's detector_postprocess). With `paste=False` the
+    dict holds "paster" (a models.paste.MaskPaster over the kept detections) in place of
+    "masks" and "depth", for callers that take one full-size mask at a time.
     """
     h, w = (int(v) for v in input_size_hw)
     h0, w0 = (int(v) for v in orig_size_hw)
@@ -211,9 +203,11 @@ def postprocess_detections(det: dict, input_size_hw, orig_size_hw, mask_threshol
     boxes = torch.stack([boxes[:, 0].clamp(0, w) * (w0 / w), boxes[:, 1].clamp(0, h) * (h0 / h),
                          boxes[:, 2].clamp(0, w) * (w0 / w), boxes[:, 3].clamp(0, h) * (h0 / h)], dim=1)
     keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
-    masks = _probs_to_original(det["mask_probs"][keep], mask_stride, (h, w), (h0, w0)) > mask_threshold
     depth = det.get("depth_probs")
-    if depth is not None:
-        depth = _probs_to_original(depth[keep], mask_stride, (h, w), (h0, w0))
-    return {"boxes": boxes[keep], "scores": det["scores"][keep], "labels": det["labels"][keep],
-            "masks": masks, "depth": depth}
+    paster = MaskPaster(det["mask_probs"][keep], None if depth is None else depth[keep],
+                        mask_stride=mask_stride, input_hw=(h, w), orig_hw=(h0, w0),
+                        threshold=mask_threshold)
+    out = {"boxes": boxes[keep], "scores": det["scores"][keep], "labels": det["labels"][keep]}
+    if not paste:
+        return {**out, "paster": paster}
+    return {**out, "masks": paster.masks(), "depth": paster.depths()}

@@ -126,10 +126,21 @@ def _blend_masks(out: np.ndarray, masks: np.ndarray, colors: np.ndarray, alpha: 
         # work on the mask's tight bounding box: outside it the mask is all zero
         win = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
         m, region = masks[k][win], out[win]
-        blend = region.astype(np.float32) * (1.0 - alpha) + alpha * colors[k].astype(np.float32)
-        np.copyto(region, np.rint(blend).astype(np.uint8), where=m[:, :, None])
+        color = colors[k].astype(np.float32)
+        for top in range(0, m.shape[0], 256):  # strips: float copies of a 12 MP window are 150 MB
+            part, pm = region[top:top + 256], m[top:top + 256]
+            blend = part.astype(np.float32) * (1.0 - alpha) + alpha * color
+            np.copyto(part, np.rint(blend).astype(np.uint8), where=pm[:, :, None])
         if outline:  # a solid rim keeps touching instances apart
             region[m & ~ndimage.binary_erosion(m, border_value=0)] = colors[k]
+
+
+def blend_mask(out: np.ndarray, mask: np.ndarray, color, alpha: float = 0.5,
+               outline: bool = True) -> None:
+    """Blend one bool (H, W) mask into `out` in place as `overlay_instances` does. Called for
+    instances K-1, ..., 0 it gives overlay_instances' pixels without K masks in memory."""
+    _blend_masks(out, np.asarray(mask, dtype=bool)[None], np.asarray(color, dtype=np.uint8)[None],
+                 float(alpha), outline)
 
 
 def _draw_caption(draw: ImageDraw.ImageDraw, font, text: str, box, color, hw) -> None:
