@@ -67,6 +67,13 @@ VARIANTS.update({
     # its control without any depth: does the gain need depth, or is it self-distillation?
     "boxinst+distill_iou": ["distill.enabled=true", "distill.match=iou"],
 })
+# Designed depth terms (issue 23, not the paper's), without L_cons: the depth-edge pair term
+# (loss.depth_edge, losses/depth_edge.py) that tells a mask to stop at a depth jump
+_EDGE = "loss.depth_edge.weight=1.0"
+VARIANTS.update({
+    "boxinst+edge": [_DEPTH, "loss.depth_consistency.weight=0.0", _EDGE],
+    "boxinst+dg+edge": [*VARIANTS["boxinst+dg"], _EDGE],
+})
 FULL_METHOD = "distill_match"  # the paper's full method: L_cons + DG head + self-distillation
 # `boxdepth demo` (the newcomer's ~10 minutes): BoxInst, the full method, the upper bound
 DEFAULT_VARIANTS = ["boxinst", FULL_METHOD, "mask_supervised"]
@@ -84,7 +91,7 @@ FULL_VARIANTS = ["boxinst", "boxinst+cons", "boxinst+dg", "boxinst+cons+dg", "bo
                  "mask_supervised",
                  "boxinst+cons@exact", "boxinst+dg@exact", "boxinst+cons+dg@exact", "distill_match@exact",
                  "boxinst+gated", "boxinst+gated+dg", "boxinst+dg+distill_match", "distill_match+gated",
-                 "boxinst+distill_iou"]
+                 "boxinst+distill_iou", "boxinst+edge", "boxinst+dg+edge"]
 FULL_SEEDS = 3
 FULL_BUDGET = 1000
 # rows computed from another variant's model: name -> (source variant, evaluation option)

@@ -7,6 +7,7 @@ orig_size). Returns a dict of weighted scalar losses:
     loss_fcos_cls, loss_fcos_loc, loss_fcos_ctr          FCOS
     loss_prj, loss_pairwise                              BoxInst (loss.mode=box)
     loss_depth (Eq. 2), loss_cons (Eqs. 3-4)             when depth is given and switched on
+    loss_depth_edge                                      ours, off by default (losses/depth_edge.py)
     loss_mask                                            dice to GT masks (loss.mode=mask)
 How loss_cons and loss_pairwise share their pairs is `cons_pairs`
 (loss.depth_consistency.pairs, losses/depth.py PAIR_MODES): `separate` (SPEC §2) computes
@@ -28,6 +29,8 @@ from boxdepth.losses.boxinst import (bottom_pixels_mask, boxes_to_stride_masks, 
                                      pairwise_loss, pairwise_neg_log_same, projection_loss)
 from boxdepth.losses.depth import (PAIR_MODES, depth_consistency_loss, depth_pair_weights,
                                    depth_similarity, instance_depth_loss, joint_pair_losses)
+from boxdepth.losses.depth_edge import (EDGE_FORMS, depth_edge_loss, depth_edge_weights,
+                                        pairwise_neg_log_apart)
 from boxdepth.losses.fcos import fcos_losses_from_outputs
 from boxdepth.ops.pairwise import box_windows, color_similarity, gather_windows, rgb_to_lab
 
@@ -47,13 +50,17 @@ class CondInstCriterion(nn.Module):
                  pairwise_color_thresh: float = 0.3, warmup_iters: int = 10000,
                  bottom_pixels_removed: float = 10, depth_weight: float = 1.0,
                  cons_weight: float = 1.0, cons_tau: float = 0.5, cons_kappa: float = 0.5,
-                 cons_inside_box: bool = True, cons_pairs: str = "separate"):
+                 cons_inside_box: bool = True, cons_pairs: str = "separate",
+                 edge_weight: float = 0.0, edge_threshold: float = 0.1, edge_form: str = "different"):
         super().__init__()
         if mode not in ("box", "mask"):
             raise ValueError(f"loss.mode must be 'box' or 'mask', got {mode!r}")
         if cons_pairs not in PAIR_MODES:
             raise ValueError(f"loss.depth_consistency.pairs must be one of "
                              f"{', '.join(PAIR_MODES)}, got {cons_pairs!r}")
+        if edge_form not in EDGE_FORMS:
+            raise ValueError(f"loss.depth_edge.form must be one of {', '.join(EDGE_FORMS)}, "
+                             f"got {edge_form!r}")
         self.num_classes, self.mode = num_classes, mode
         self.focal_alpha, self.focal_gamma = focal_alpha, focal_gamma
         self.stride = mask_out_stride
@@ -64,6 +71,7 @@ class CondInstCriterion(nn.Module):
         self.depth_weight, self.cons_weight = depth_weight, cons_weight
         self.cons_tau, self.cons_kappa, self.cons_inside_box = cons_tau, cons_kappa, cons_inside_box
         self.cons_pairs = cons_pairs
+        self.edge_weight, self.edge_threshold, self.edge_form = edge_weight, edge_threshold, edge_form
 
     def warmup(self, iteration: int) -> float:
         """Linear ramp 0 -> 1 of the pairwise and consistency weights (SPEC §2)."""
@@ -145,7 +153,20 @@ class CondInstCriterion(nn.Module):
                 colour = None if active is None else per_inst(active) * box
                 out.update(self._joint_pair_losses(nls, colour, sim, box * inst_has, centre,
                                                    inst_has, warm))
+        if self.edge_weight > 0:
+            out["loss_depth_edge"] = self.edge_weight * warm * self._depth_edge_loss(
+                props, d01, valid, inst_has, win, box_win)
         return out
+
+    def _depth_edge_loss(self, props, d01, valid, inst_has, win, box_win) -> torch.Tensor:
+        """Our depth-edge term (losses/depth_edge.py) on the instances' box windows; the edge
+        weights come from the full maps so that pairs reaching off the canvas stay 0."""
+        edges = depth_edge_weights(d01, valid, self.k, self.dilation, self.edge_threshold)
+        edges = gather_windows(edges, win[0], win[1], props["im_inds"])
+        centres = box_win * gather_windows(valid[:, None], win[0], win[1], props["im_inds"]) * inst_has
+        nla = pairwise_neg_log_apart(gather_windows(props["mask_logits"].float(), win[0], win[1]),
+                                     self.k, self.dilation, self.edge_form)
+        return depth_edge_loss(nla, edges, centres)
 
     def _joint_pair_losses(self, nls, colour, sim, boxes, centre, inst_has, warm) -> dict:
         """loss_pairwise (if the colour term is on) and loss_cons of a joint pairs mode.
