@@ -58,10 +58,10 @@ def summarize_curve(rows: list[dict], plateau_gain: float) -> dict:
     return out
 
 
-def plot_curve(summary: dict, path: Path) -> None:
+def plot_curve(summary: dict, path: Path, title: str = "synthetic set: mask AP vs training budget") -> None:
     series = {f"{v} mask AP": list(zip(st["budgets"], st["mask_AP_mean"], st["mask_AP_std"]))
               for v, st in summary.items()}
-    save_png(path, line_chart(series, title="synthetic set: mask AP vs training budget",
+    save_png(path, line_chart(series, title=title,
                               xlabel="iterations (batch of the config)", ylabel="mask AP",
                               log_x=True))
 

@@ -89,10 +89,13 @@ def _minutes(seconds: float) -> str:
     return f"{seconds / 60:.0f} min"
 
 
-def run_jobs(a: argparse.Namespace, jobs: list[tuple[str, int]]) -> None:
-    """Run the unfinished (variant, seed) jobs in --jobs subprocesses; one progress line per
-    finished job with the elapsed time and an ETA (mean wall time of the jobs so far)."""
-    todo = [j for j in jobs if not _finished(_rows_path(a.out, a.budget, *j)) and j not in a.imported]
+def run_jobs(a: argparse.Namespace, jobs: list[tuple[str, int]], script: str = __file__) -> None:
+    """Run the unfinished (variant, seed) jobs in --jobs subprocesses of `script` (which takes
+    `--out --budget --run VARIANT SEED --set ...`, as this file and osd.py do); one progress
+    line per finished job with the elapsed time and an ETA (mean wall time of the jobs so far)."""
+    # a job is (variant, seed) at --budget, or (variant, seed, budget) (osd.py's learning curve)
+    jobs = [(*j, a.budget) if len(j) == 2 else tuple(j) for j in jobs]
+    todo = [j for j in jobs if not _finished(_rows_path(a.out, j[2], j[0], j[1])) and j[:2] not in a.imported]
     print(f"[table3] {len(jobs) - len(todo)} of {len(jobs)} runs finished already; "
           f"{len(todo)} to run, {a.jobs} at a time, {a.threads} thread(s) each")
     env = {**os.environ, "OMP_NUM_THREADS": str(a.threads), "MKL_NUM_THREADS": str(a.threads)}
@@ -100,10 +103,10 @@ def run_jobs(a: argparse.Namespace, jobs: list[tuple[str, int]]) -> None:
     t0, done, failed, walls = time.time(), 0, [], []
     while todo or running:
         while todo and len(running) < a.jobs:
-            variant, seed = todo.pop(0)
-            log = _log_path(a.out, a.budget, variant, seed)
+            variant, seed, budget = todo.pop(0)
+            log = _log_path(a.out, budget, variant, seed)
             log.parent.mkdir(parents=True, exist_ok=True)
-            cmd = [sys.executable, __file__, "--out", str(a.out), "--budget", str(a.budget),
+            cmd = [sys.executable, script, "--out", str(a.out), "--budget", str(budget),
                    "--run", variant, str(seed), "--set", *a.set]
             fh = log.open("w")
             try:
@@ -190,16 +193,18 @@ def _by_variant(runs: list[str]) -> str:
     return "; ".join(f"{n} seed{'s' if len(s) > 1 else ''} {', '.join(s)}" for n, s in seeds.items())
 
 
-def rewrite_readme(readme: Path, table: str, source: str) -> None:
+def rewrite_readme(readme: Path, table: str, source: str, markers: tuple[str, str] = MARKERS,
+                   script: str = "benchmarks/table3.py") -> None:
     text = readme.read_text()
-    begin, end = (text.find(m) for m in MARKERS)
+    begin, end = (text.find(m) for m in markers)
     if begin < 0 or end < begin:
-        raise SystemExit(f"{readme}: no {MARKERS[0]} ... {MARKERS[1]} block to rewrite")
-    block = f"{MARKERS[0]}\n<!-- generated from {source} by benchmarks/table3.py -->\n{table}\n"
+        raise SystemExit(f"{readme}: no {markers[0]} ... {markers[1]} block to rewrite")
+    block = f"{markers[0]}\n<!-- generated from {source} by {script} -->\n{table}\n"
     atomic_write_text(readme, text[:begin] + block + text[end:])
 
 
-def collect(a: argparse.Namespace, names: list[str], data: dict) -> dict:
+def gather(a: argparse.Namespace, names: list[str]) -> tuple[list[dict], list[str], list[str]]:
+    """(rows of the finished or imported runs, "name seed S" missing, "name seed S" imported)."""
     rows, missing, imported = [], [], []
     for seed in range(a.seeds):
         for name in names:
@@ -211,8 +216,19 @@ def collect(a: argparse.Namespace, names: list[str], data: dict) -> dict:
                 imported.append(f"{name} seed {seed}")
             else:  # only with --collect: the jobs ran otherwise
                 missing.append(f"{name} seed {seed}")
+    return rows, missing, imported
+
+
+def tabulate(rows: list[dict], reference: str) -> dict:
+    """{"summary": mean ± std per variant, "comparisons": compare() to `reference` per variant}."""
     order = list(dict.fromkeys(r["variant"] for r in rows))
     summary = demo.summarize(rows)
+    return {"summary": {n: summary[n] for n in order},
+            "comparisons": {n: compare(rows, n, reference) for n in order}}
+
+
+def collect(a: argparse.Namespace, names: list[str], data: dict) -> dict:
+    rows, missing, imported = gather(a, names)
     return {"what": f"Table 3 at {a.budget} iterations on the embedded synthetic set, "
                     f"{a.seeds} seeds, {a.threads} thread(s) per run",
             "command": a.command, "reference": a.reference,
@@ -222,8 +238,7 @@ def collect(a: argparse.Namespace, names: list[str], data: dict) -> dict:
                             **{k: os.environ.get(k) for k in ("MALLOC_ARENA_MAX", "LD_PRELOAD")}},
             "data": {**data, "size": list(data["size"])}, "missing": missing,
             "imported": {"runs": imported, "from": [str(p) for p in a.import_rows]}, "rows": rows,
-            "summary": {n: summary[n] for n in order},
-            "comparisons": {n: compare(rows, n, a.reference) for n in order}}
+            **tabulate(rows, a.reference)}
 
 
 def main(argv=None) -> int:
