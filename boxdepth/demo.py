@@ -68,11 +68,16 @@ VARIANTS.update({
     "boxinst+distill_iou": ["distill.enabled=true", "distill.match=iou"],
 })
 # Designed depth terms (issue 23, not the paper's), without L_cons: the depth-edge pair term
-# (loss.depth_edge, losses/depth_edge.py) that tells a mask to stop at a depth jump
+# (loss.depth_edge, losses/depth_edge.py) that tells a mask to stop at a depth jump, and
+# teacher pseudo masks cleaned of pixels far in depth (distill.depth_clean,
+# distill/depth_clean.py) on the DG head + depth-aware distillation row
 _EDGE = "loss.depth_edge.weight=1.0"
+_CLEAN = "distill.depth_clean.enabled=true"
 VARIANTS.update({
     "boxinst+edge": [_DEPTH, "loss.depth_consistency.weight=0.0", _EDGE],
     "boxinst+dg+edge": [*VARIANTS["boxinst+dg"], _EDGE],
+    "boxinst+dg+distill_clean": [*VARIANTS["boxinst+dg+distill_match"], _CLEAN],
+    "boxinst+dg+edge+distill_clean": [*VARIANTS["boxinst+dg+distill_match"], _EDGE, _CLEAN],
 })
 FULL_METHOD = "distill_match"  # the paper's full method: L_cons + DG head + self-distillation
 # `boxdepth demo` (the newcomer's ~10 minutes): BoxInst, the full method, the upper bound
@@ -91,7 +96,8 @@ FULL_VARIANTS = ["boxinst", "boxinst+cons", "boxinst+dg", "boxinst+cons+dg", "bo
                  "mask_supervised",
                  "boxinst+cons@exact", "boxinst+dg@exact", "boxinst+cons+dg@exact", "distill_match@exact",
                  "boxinst+gated", "boxinst+gated+dg", "boxinst+dg+distill_match", "distill_match+gated",
-                 "boxinst+distill_iou", "boxinst+edge", "boxinst+dg+edge"]
+                 "boxinst+distill_iou", "boxinst+edge", "boxinst+dg+edge", "boxinst+dg+distill_clean",
+                 "boxinst+dg+edge+distill_clean"]
 FULL_SEEDS = 3
 FULL_BUDGET = 1000
 # rows computed from another variant's model: name -> (source variant, evaluation option)
@@ -165,17 +171,15 @@ def _check_same_config(run_dir: Path, cfg) -> None:
 
 
 def train_and_evaluate(name: str, data_dir: Path, out_dir: Path, seed: int, extra: list[str],
-                       progress: bool, run_name: str | None = None) -> list[dict]:
-    """Train one variant (resuming if interrupted) and return its result rows. `run_name`
-    (default `name`) names the run folder and the rows: the same variant on two data sets
-    (benchmarks/osd.py's "boxinst+dg@sensor", "boxinst+dg@pydnet") needs two."""
+                       progress: bool) -> list[dict]:
+    """Train one variant (resuming if interrupted) and return its result rows."""
     from boxdepth.data.build import build_dataset
     from boxdepth.engine.inference import evaluate_model, load_trained_model
     from boxdepth.engine.dist import resolve_device
     from boxdepth.engine.trainer import train
 
     cfg = variant_config(name, data_dir, seed, extra)
-    run_dir = run_dir_of(out_dir, run_name or name, seed)
+    run_dir = run_dir_of(out_dir, name, seed)
     ds_classes = len(json.loads((data_dir / "train.json").read_text())["categories"])
     cfg.model.fcos.num_classes = ds_classes
     _check_same_config(run_dir, cfg)
@@ -185,7 +189,7 @@ def train_and_evaluate(name: str, data_dir: Path, out_dir: Path, seed: int, extr
     model, cfg, _ = load_trained_model(final, device, cfg)
     val = build_dataset(cfg, "val", is_train=False)
     timing = run_timing(run_dir, cfg.distill.start_iter if cfg.distill.enabled else None)
-    rows = [{"variant": run_name or name, "seed": seed, **timing,
+    rows = [{"variant": name, "seed": seed, **timing,
              **evaluate_model(model, val, cfg.data.val_json, device,
                               metrics_path=run_dir / "metrics.json", progress=progress)}]
     for derived, source in DERIVED.items():

@@ -221,14 +221,17 @@ def test_demo_quick_default_runs_boxinst_full_method_and_upper_bound(tmp_path, m
 
 
 def test_designed_depth_term_variants():
-    """Issue 23's variants: the depth-edge term, never L_cons."""
+    """Issue 23's variants: the depth-edge term and depth-cleaned pseudo masks, never L_cons."""
     import boxdepth.demo as demo
 
     assert demo.VARIANTS["boxinst+edge"] == ["data.depth_root={data}/depth", "loss.depth_consistency.weight=0.0",
                                              "loss.depth_edge.weight=1.0"]
-    want = {"boxinst+edge": (True, False), "boxinst+dg+edge": (True, True)}
-    for name, (edge, dg) in want.items():
+    want = {"boxinst+edge": (True, False, False), "boxinst+dg+edge": (True, True, False),
+            "boxinst+dg+distill_clean": (False, True, True),
+            "boxinst+dg+edge+distill_clean": (True, True, True)}
+    for name, (edge, dg, clean) in want.items():
         cfg = demo.variant_config(name, Path("/d"), 0)
         assert cfg.data.depth_root == "/d/depth" and cfg.loss.depth_consistency.weight == 0, name
-        assert (cfg.loss.depth_edge.weight > 0, cfg.model.depth_head) == (edge, dg), name
-        assert not cfg.distill.enabled, name
+        assert (cfg.loss.depth_edge.weight > 0, cfg.model.depth_head, cfg.distill.depth_clean.enabled) \
+            == (edge, dg, clean), name
+        assert cfg.distill.enabled == clean and (not clean or cfg.distill.match == "depth"), name

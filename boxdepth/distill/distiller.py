@@ -8,8 +8,9 @@ prediction, when that match is reliable (S_match > tau_m), with the reliable dic
 
 forward(teacher, outputs, batch) -> (losses {"loss_distill": scalar},
     stats {"distill_gt", "distill_matched", "distill_reliable", "distill_s_match",
-           "distill_s_dcons"}) where `outputs` is CondInst's training dict and `batch`
-the collated batch (images, image_mask, depth or None, has_depth, targets, originals).
+           "distill_s_dcons", "distill_clean_removed" with depth_clean}) where `outputs` is
+CondInst's training dict and `batch` the collated batch (images, image_mask, depth or
+None, has_depth, targets, originals).
 
 The teacher reads `batch["originals"]` (B uint8 (3, H0, W0), the decoded images, which
 the trainer's loader keeps when distill.enabled), mirrored like the student's and resized
@@ -25,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from boxdepth.distill.depth_clean import depth_clean_teacher_targets
 from boxdepth.distill.matcher import DepthAwareHungarianMatcher
 from boxdepth.distill.teacher import teacher_predictions
 from boxdepth.losses.boxinst import boxes_to_stride_masks
@@ -37,7 +39,8 @@ class SelfDistiller(nn.Module):
     def __init__(self, *, teacher_size: int = 800, teacher_max_size: int = 1333, match: str = "depth",
                  alpha: float = 0.8, beta: float = 0.2, tau_d: float = 0.5, tau_m: float = 0.8,
                  dice_weight: float = 4.0, kernel_size: int = 3, dilation: int = 2,
-                 kappa: float = 0.5, mask_out_stride: int = 4, topk: int = 100):
+                 kappa: float = 0.5, mask_out_stride: int = 4, topk: int = 100,
+                 depth_clean: bool = False, clean_tolerance: float = 0.2, clean_mad_scale: float = 3.0):
         super().__init__()
         if match not in ("depth", "iou"):
             raise ValueError(f"distill.match must be 'depth' or 'iou', got {match!r}")
@@ -46,6 +49,7 @@ class SelfDistiller(nn.Module):
         self.iou_matcher = DepthAwareHungarianMatcher(alpha=1.0, beta=0.0, tau_d=tau_d, mode="iou")
         self.tau_m, self.dice_weight = tau_m, dice_weight
         self.k, self.dilation, self.kappa, self.stride = kernel_size, dilation, kappa, mask_out_stride
+        self.depth_clean, self.clean_tolerance, self.clean_mad_scale = depth_clean, clean_tolerance, clean_mad_scale
 
     def _depth_sim(self, batch: dict) -> torch.Tensor | None:
         if self.matcher.mode != "depth" or batch.get("depth") is None:
@@ -79,10 +83,17 @@ class SelfDistiller(nn.Module):
         boxes = torch.cat([t["boxes"] for t in batch["targets"]])
         box_masks = boxes_to_stride_masks(boxes, batch["images"].shape[-2:], self.stride)[
             proposal_gt_index(props, batch["targets"])]
+        if self.depth_clean:  # ours: pseudo masks lose pixels far in depth (distill/depth_clean.py)
+            t_masks, removed = depth_clean_teacher_targets(
+                t_masks, box_masks, batch.get("depth"), batch.get("has_depth"), props["im_inds"],
+                stride=self.stride, tolerance=self.clean_tolerance, mad_scale=self.clean_mad_scale)
         loss, stats = reliable_dice_loss(props["mask_logits"].float().sigmoid(), t_masks, box_masks,
                                          s_match, tau_m=self.tau_m, weight=self.dice_weight,
                                          has_match=has)
-        return {"loss_distill": loss}, self.match_stats(matches, len(boxes), stats)
+        out_stats = self.match_stats(matches, len(boxes), stats)
+        if self.depth_clean:
+            out_stats["distill_clean_removed"] = removed
+        return {"loss_distill": loss}, out_stats
 
     def match_stats(self, matches: list[dict], num_gt: int, loss_stats: dict) -> dict:
         """Per-GT counts (GT boxes, matched, reliable) and mean S_match / S_dcons of the batch;

@@ -175,7 +175,8 @@ def build_distiller(cfg: Config) -> SelfDistiller:
                          dice_weight=d.dice_weight, kernel_size=b.pairwise_size,
                          dilation=b.pairwise_dilation, kappa=cfg.loss.depth_consistency.kappa,
                          mask_out_stride=cfg.model.mask_head.mask_out_stride,
-                         topk=cfg.model.fcos.post_nms_topk)
+                         topk=cfg.model.fcos.post_nms_topk, depth_clean=d.depth_clean.enabled,
+                         clean_tolerance=d.depth_clean.tolerance, clean_mad_scale=d.depth_clean.mad_scale)
 
 
 def train(cfg: Config, out_dir: str | Path, *, resume: bool = False, overwrite: bool = False,
