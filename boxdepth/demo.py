@@ -171,15 +171,17 @@ def _check_same_config(run_dir: Path, cfg) -> None:
 
 
 def train_and_evaluate(name: str, data_dir: Path, out_dir: Path, seed: int, extra: list[str],
-                       progress: bool) -> list[dict]:
-    """Train one variant (resuming if interrupted) and return its result rows."""
+                       progress: bool, run_name: str | None = None) -> list[dict]:
+    """Train one variant (resuming if interrupted) and return its result rows. `run_name`
+    (default `name`) names the run folder and the rows: the same variant on two data sets
+    (benchmarks/osd.py's "boxinst+dg@sensor", "boxinst+dg@pydnet") needs two."""
     from boxdepth.data.build import build_dataset
     from boxdepth.engine.inference import evaluate_model, load_trained_model
     from boxdepth.engine.dist import resolve_device
     from boxdepth.engine.trainer import train
 
     cfg = variant_config(name, data_dir, seed, extra)
-    run_dir = run_dir_of(out_dir, name, seed)
+    run_dir = run_dir_of(out_dir, run_name or name, seed)
     ds_classes = len(json.loads((data_dir / "train.json").read_text())["categories"])
     cfg.model.fcos.num_classes = ds_classes
     _check_same_config(run_dir, cfg)
@@ -189,7 +191,7 @@ def train_and_evaluate(name: str, data_dir: Path, out_dir: Path, seed: int, extr
     model, cfg, _ = load_trained_model(final, device, cfg)
     val = build_dataset(cfg, "val", is_train=False)
     timing = run_timing(run_dir, cfg.distill.start_iter if cfg.distill.enabled else None)
-    rows = [{"variant": name, "seed": seed, **timing,
+    rows = [{"variant": run_name or name, "seed": seed, **timing,
              **evaluate_model(model, val, cfg.data.val_json, device,
                               metrics_path=run_dir / "metrics.json", progress=progress)}]
     for derived, source in DERIVED.items():
