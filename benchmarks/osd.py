@@ -167,6 +167,7 @@ def per_scene(out: Path, budget: int, rows: list[str], seeds: int, test_json: Pa
     gt = json.loads(test_json.read_text())
     ids = {name: [im["id"] for im in gt["images"] if scene_of(im["file_name"]) == name]
            for name, _, _ in SCENES}
+    ids = {name: i for name, i in ids.items() if i}  # no frame of that scene: no AP, not NaN
     table: dict[str, dict] = {}
     for row in rows:
         variant, _ = split_row(row)
@@ -251,7 +252,8 @@ def run_curve(a: argparse.Namespace) -> dict:
 
 
 def collect(a: argparse.Namespace, rows: list[str]) -> dict:
-    got, missing, _ = table3.gather(a, rows)
+    # a derived row (box_as_mask) is in its source run's rows.json: gather the trained runs
+    got, missing, _ = table3.gather(a, list(dict.fromkeys(demo.DERIVED.get(r, r) for r in rows)))
     result = {"what": f"OSD (real RGB-D) at {a.budget} iterations, {a.seeds} seeds, "
                       f"{a.threads} thread(s) per run; trained on learn.json's boxes, "
                       f"mask AP on test.json", "command": a.command, "reference": a.reference,
