@@ -288,6 +288,9 @@ def main(argv=None) -> int:
     ap.add_argument("--budget", type=int, default=150)
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--rows", nargs="+", default=None, help="rows to run (default: every row)")
+    ap.add_argument("--only-seeds", type=int, nargs="+", default=None, metavar="S",
+                    help="train only these seeds (e.g. two queues side by side, --jobs 1 each); "
+                         "the table still covers seeds 0..--seeds-1")
     ap.add_argument("--reference", default="boxinst")
     ap.add_argument("--jobs", type=int, default=2, help="runs at once")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per run")
@@ -323,8 +326,8 @@ def main(argv=None) -> int:
             return 0
         t0 = time.time()
         if not a.collect:
-            jobs = [(r, s) for s in range(a.seeds) for r in dict.fromkeys(
-                [demo.DERIVED.get(r, r) for r in rows])]
+            seeds = a.only_seeds if a.only_seeds is not None else range(a.seeds)
+            jobs = [(r, s) for s in seeds for r in dict.fromkeys([demo.DERIVED.get(r, r) for r in rows])]
             table3.run_jobs(a, jobs, script=__file__)
         result = collect(a, rows)
         result["seconds_this_invocation"] = round(time.time() - t0, 1)
