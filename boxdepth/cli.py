@@ -1,8 +1,8 @@
 """`boxdepth` command line: thin verbs over the library.
 
 Each verb parses its arguments, calls one library function and prints what it made.
-Expected failures (bad files, bad configs) end with one clear line on stderr and exit
-status 2; `--debug` shows the traceback instead.
+Expected failures (bad files, bad configs, a full disk; cli_errors.py) end with one clear
+line on stderr and exit status 2; `--debug` shows the traceback instead.
 """
 from __future__ import annotations
 
@@ -216,14 +216,15 @@ COMMANDS = {"synth": cmd_synth, "inspect": cmd_inspect, "train": cmd_train, "eva
 def main(argv: list[str] | None = None) -> int:
     args = parse_cli(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    from boxdepth.config import ConfigError
+    from boxdepth.cli_errors import EXPECTED_ERRORS, check_out_kind, error_line
 
     try:
+        check_out_kind(args.command, getattr(args, "out", None))
         return int(COMMANDS[args.command](args) or 0)
-    except (FileNotFoundError, ValueError, ConfigError, PermissionError) as e:
+    except EXPECTED_ERRORS as e:  # ValueError (ConfigError, bad files, ...) and OSError
         if args.debug:
             raise
-        print(f"boxdepth {args.command}: error: {e}", file=sys.stderr)
+        print(f"boxdepth {args.command}: error: {error_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"boxdepth {args.command}: interrupted", file=sys.stderr)

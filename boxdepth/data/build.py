@@ -11,6 +11,7 @@ is_train=False: fixed resize (input.min_size_test, max_size_test), box mode (eva
                 reads the ground-truth masks from the json itself).
 keep_original:  each sample also carries its decoded image (CocoBoxDataset's
                 keep_original), for the self-distillation teacher.
+A training set (is_train=True) without a single box is an error.
 Relative paths are used as given (relative to the working directory).
 """
 from __future__ import annotations
@@ -52,8 +53,13 @@ def build_dataset(cfg, split: str = "train", is_train: bool = True, *,
     """`generator` drives the random transforms (None: torch's global RNG)."""
     json_path, image_root, depth_root = _split_paths(cfg.data, split)
     mode = cfg.loss.mode if is_train else "box"
-    return CocoBoxDataset(json_path, image_root, depth_root=depth_root,
-                          transforms=build_transforms(cfg, is_train, generator), mode=mode,
-                          skip_bad_images=cfg.data.skip_bad_images,
-                          allow_missing_depth=cfg.data.allow_missing_depth,
-                          min_box_size=cfg.data.min_box_size, keep_original=keep_original)
+    dataset = CocoBoxDataset(json_path, image_root, depth_root=depth_root,
+                             transforms=build_transforms(cfg, is_train, generator), mode=mode,
+                             skip_bad_images=cfg.data.skip_bad_images,
+                             allow_missing_depth=cfg.data.allow_missing_depth,
+                             min_box_size=cfg.data.min_box_size, keep_original=keep_original)
+    if is_train and dataset.summary["boxes_kept"] == 0:
+        # caught here, not by the health check some iterations into a run that learns nothing
+        raise ValueError(f"{json_path}: no box to train on ({dataset.summary_line}); "
+                         f"check it with `boxdepth inspect`")
+    return dataset

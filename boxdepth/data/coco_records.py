@@ -149,10 +149,16 @@ class ParsedCoco:
     dropped: list[dict] = field(default_factory=list)
 
 
-def _check_annotation(ann, k: int, img_by_id: dict, cat_map: dict, where: str):
+def _check_annotation(ann, k: int, img_by_id: dict, cat_map: dict, where: str, seen_ids: set):
     if not isinstance(ann, dict):
         raise CocoFormatError(f"{where}: annotations[{k}] must be an object")
     ann_id = ann.get("id", f"#{k}")
+    if "id" in ann:  # outputs (label, qa, evaluation) refer to annotations by id
+        key = repr(ann_id)  # hashable whatever the json holds
+        if key in seen_ids:
+            raise CocoFormatError(f"{where}: duplicate annotation id {ann_id!r} "
+                                  f"(annotations[{k}] and an earlier one)")
+        seen_ids.add(key)
     if not _is_int(ann.get("image_id")) or ann["image_id"] not in img_by_id:
         raise CocoFormatError(f"{where}: annotation {ann_id}: image_id "
                               f"{ann.get('image_id')!r} is not in 'images'")
@@ -183,9 +189,9 @@ def parse_coco(data: dict, *, where: str, mode: str = "box",
     images = _parse_images(data, where)
     recs = {img["image_id"]: _new_record(img) for img in images}
     counts = {"degenerate": 0, "outside": 0, "crowd": 0}
-    dropped = []
+    dropped, seen_ids = [], set()
     for k, ann in enumerate(_list_field(data, "annotations", where, required=False)):
-        ann_id, xywh = _check_annotation(ann, k, recs, cat_map, where)
+        ann_id, xywh = _check_annotation(ann, k, recs, cat_map, where, seen_ids)
         rec = recs[ann["image_id"]]
         reason, xyxy = clip_xywh(xywh, rec["height"], rec["width"], min_box_size)
         if ann.get("iscrowd", 0):

@@ -10,6 +10,7 @@ Arrays: ``depth01`` is float32 (H, W) in [0, 1] at the image's original size.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -17,6 +18,8 @@ import numpy as np
 from PIL import Image
 
 from boxdepth.fileio import atomic_save, atomic_write_json
+
+logger = logging.getLogger("boxdepth")
 
 META_NAME = "meta.json"
 DEPTH_SCALE = 65535.0
@@ -75,10 +78,25 @@ def read_single_channel(path: str | Path, what: str = "depth file") -> np.ndarra
     return arr
 
 
+_WARNED_8BIT: set[Path] = set()
+
+
+def _warn_8bit(path: Path) -> None:
+    """Once per folder (per process): 8-bit maps are read, but coarsely."""
+    if path.parent in _WARNED_8BIT:
+        return
+    _WARNED_8BIT.add(path.parent)
+    logger.warning(f"depth file {path} is an 8-bit PNG: only 256 depth levels (the stored "
+                   f"format is 16-bit, 65536 levels), too coarse for the depth terms on a "
+                   f"smooth surface; write 16-bit PNGs (`boxdepth depth` does). Other 8-bit "
+                   f"files in {path.parent} are not named")
+
+
 def load_depth_png(path: str | Path) -> np.ndarray:
     """Read a stored depth PNG -> float32 (H, W) in [0, 1]. Errors name the file."""
     arr = read_single_channel(path, "depth file")
     if arr.dtype == np.uint8:
+        _warn_8bit(Path(path))
         return arr.astype(np.float32) / 255.0
     return arr.astype(np.float32) / DEPTH_SCALE
 

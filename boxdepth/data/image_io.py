@@ -17,6 +17,9 @@ The EXIF orientation tag is applied with ``PIL.ImageOps.exif_transpose``, so the
 is upright and (H, W) are the displayed size. A corrupt EXIF block is ignored (as
 detectron2 does) rather than failing the image.
 
+An image over Pillow's decompression-bomb limit gets a ``LargeImageWarning`` naming the
+file and its size (in place of Pillow's DecompressionBombWarning, which names neither).
+
 Errors: a missing file raises ``FileNotFoundError``; a file that cannot be decoded
 (not an image, truncated, unsupported mode, decompression bomb) raises
 ``BadImageError`` (a ``ValueError``). Both messages name the file.
@@ -24,6 +27,7 @@ Errors: a missing file raises ``FileNotFoundError``; a file that cannot be decod
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -70,6 +74,21 @@ def _to_rgb_array(im: Image.Image, path: Path) -> np.ndarray:
     raise BadImageError(f"image {path}: unsupported image mode {mode!r}")
 
 
+class LargeImageWarning(UserWarning):
+    """An image over Pillow's decompression-bomb limit (Image.MAX_IMAGE_PIXELS): it is
+    decoded (up to twice the limit, where Pillow refuses), but takes much memory."""
+
+
+def _warn_if_huge(im: Image.Image, path: Path) -> None:
+    limit = Image.MAX_IMAGE_PIXELS
+    w, h = im.size
+    if limit and w * h > limit:
+        warnings.warn(f"image {path} is {w}x{h} ({w * h / 1e6:.1f} Mpixels), over Pillow's "
+                      f"decompression-bomb limit of {limit / 1e6:.1f} Mpixels; decoding it "
+                      f"anyway, which needs about {w * h * 3 / 2**30:.1f} GiB", LargeImageWarning,
+                      stacklevel=3)
+
+
 def load_image_rgb(path: str | Path) -> np.ndarray:
     """Decode `path` -> uint8 (H, W, 3) RGB, upright per its EXIF orientation."""
     path = Path(path)
@@ -78,10 +97,13 @@ def load_image_rgb(path: str | Path) -> np.ndarray:
             raise BadImageError(f"image {path} is not a regular file")
         raise FileNotFoundError(f"image file not found: {path}")
     try:
-        with Image.open(path) as im:
-            im.load()  # decode now so truncated files fail here, naming the file
-            im = _exif_upright(im, path)
-            arr = _to_rgb_array(im, path)
+        with warnings.catch_warnings():  # replaced by ours, which names the file
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                _warn_if_huge(im, path)
+                im.load()  # decode now so truncated files fail here, naming the file
+                im = _exif_upright(im, path)
+                arr = _to_rgb_array(im, path)
     except BadImageError:
         raise
     except Exception as e:  # Pillow raises many types (OSError, SyntaxError, bombs, ...)

@@ -7,7 +7,9 @@ A training checkpoint is a dict with keys `model`, `optimizer`, `scheduler`,
 """
 from __future__ import annotations
 
+import errno
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -21,18 +23,48 @@ _CKPT_RE = re.compile(r"model_(\d+)\.pth$")
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     path = Path(path)
     with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+        try:
+            torch.save(state, tmp)
+        except RuntimeError as e:  # torch's zip writer turns a failed write (ENOSPC) into this
+            if "write" not in str(e):
+                raise
+            reason = "no space left on device" if _disk_full(path.parent) else "the write failed"
+            raise OSError(errno.EIO, f"cannot write checkpoint: {reason}", str(path)) from None
     return path
+
+
+def _disk_full(folder: Path) -> bool:
+    try:
+        return shutil.disk_usage(folder).free < 16 * 2**20
+    except OSError:
+        return False
+
+
+def torch_load_plain(path: Path, map_location: str | torch.device = "cpu", *,
+                     what: str = "checkpoint") -> Any:
+    """`torch.load(weights_only=True)`, whose failures become one ValueError naming the file
+    and saying what is wrong with it. Torch's own message is not passed on: for a file with
+    Python objects in it, it advises `weights_only=False`, i.e. running the file's code."""
+    if path.is_file() and path.stat().st_size == 0:
+        raise ValueError(f"{path} is empty: not a {what}")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # torch and pickle raise many types for foreign or damaged files
+        text = str(e)
+    if "Unsupported global" in text:  # a pickle naming a class or function to call
+        raise ValueError(f"{path} is not a plain {what}: it holds Python objects besides tensors "
+                         f"and plain data, and boxdepth never loads those (they can run code)")
+    if "zip archive" in text:
+        raise ValueError(f"{path} is not a {what}, or it is truncated or damaged "
+                         f"(its zip directory cannot be read)")
+    raise ValueError(f"{path} is not a {what} (not a file torch.save wrote)")
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # corrupt file, pickle with arbitrary objects, ...
-        raise ValueError(f"cannot read checkpoint {path}: {e}") from None
+    ckpt = torch_load_plain(path, map_location)
     if not isinstance(ckpt, dict) or "model" not in ckpt:
         raise ValueError(f"{path} is not a boxdepth checkpoint (no 'model' entry)")
     return ckpt

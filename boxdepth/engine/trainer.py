@@ -38,8 +38,8 @@ from boxdepth.models.build import build_model
 log = logging.getLogger("boxdepth")
 
 
-class NonFiniteLossError(RuntimeError):
-    pass
+class NonFiniteLossError(RuntimeError, ValueError):
+    """A loss term is NaN/inf; a ValueError too, so the CLI reports it on one line."""
 
 
 def build_train_loader(cfg: Config, *, start_iter: int = 0) -> DataLoader:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from boxdepth.data.coco_records import read_coco_json
+from boxdepth.data.coco_records import parse_coco, read_coco_json
 from boxdepth.data.image_io import BadImageError, load_image_rgb
 from boxdepth.data.rle import segmentation_to_mask
 from boxdepth.fileio import atomic_write_json, atomic_write_text, refuse_overwriting_inputs
@@ -83,7 +83,11 @@ def run_qa(json_path, images_root, out_dir, *, top: int = 24, tile: int = 128, c
     json_path, images_root, out_dir = Path(json_path), Path(images_root), Path(out_dir)
     refuse_overwriting_inputs({"--out": out_dir, **{f"--out ({n})": out_dir / n for n in OUTPUTS}},
                               {"--json": json_path, "--images": images_root})
+    if int(top) < 0:
+        raise ValueError(f"--top must be 0 or more (crops on the contact sheet), got {top}")
     data = read_coco_json(json_path)
+    # training's checks: finite boxes, file_names inside the image root, unique ids
+    parse_coco(data, where=str(json_path), mode="box")
     try:
         rows, stats = qa_rows(data, **thresholds)
     except (KeyError, TypeError, ValueError) as e:

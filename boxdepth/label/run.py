@@ -137,6 +137,13 @@ def _load_chunk(chunk: list[dict], images_root: Path, depth_root, kept: dict, an
     return items, ids
 
 
+def _check_numbers(*, min_iou: float, batch_size: int) -> None:
+    if not 0.0 <= float(min_iou) <= 1.0:  # an IoU; 5 would turn every box into a box fill
+        raise ValueError(f"--min-iou must be a box IoU in [0, 1], got {min_iou:g}")
+    if int(batch_size) < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {batch_size}")
+
+
 def run_label(model, *, json_path, images_root, out_path, depth_root=None, batch_size: int = 4,
               device="cpu", progress: bool = True, min_box_size: float = 1.0, resume: bool = False,
               weights=None, **options) -> dict:
@@ -145,6 +152,7 @@ def run_label(model, *, json_path, images_root, out_path, depth_root=None, batch
     identifies the job."""
     t0 = time.perf_counter()
     json_path, images_root, out_path = Path(json_path), Path(images_root), Path(out_path)
+    _check_numbers(min_iou=options.get("min_iou", 0.3), batch_size=batch_size)
     refuse_overwriting_inputs({"--out": out_path}, {"--json": json_path, "--images": images_root,
                                                     "--depth": depth_root, "--weights": weights})
     data = read_coco_json(json_path)

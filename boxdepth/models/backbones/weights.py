@@ -35,6 +35,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from boxdepth.engine.checkpoint import torch_load_plain
+
 log = logging.getLogger(__name__)
 
 _CLASSIFIER = re.compile(r"^(fc|fc1000|classifier|head|conv_head|linear)(\.|_|$)")
@@ -84,11 +86,13 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"backbone weights file not found: {path}")
-    try:
-        raw = _read_pickle(path) if path.suffix == ".pkl" else torch.load(
-            path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch/pickle raise many types for a corrupt or foreign file
-        raise ValueError(f"{path}: cannot read backbone weights ({type(e).__name__}: {e})") from None
+    if path.suffix != ".pkl":
+        raw = torch_load_plain(path, what="backbone weights file")
+    else:
+        try:
+            raw = _read_pickle(path)
+        except Exception as e:  # pickle raises many types for a corrupt or foreign file
+            raise ValueError(f"{path}: cannot read backbone weights ({type(e).__name__}: {e})") from None
     sd = _unwrap(raw)
     if not isinstance(sd, Mapping) or not sd:
         raise ValueError(f"{path}: not a state dict (got {type(raw).__name__}); expected a mapping "
