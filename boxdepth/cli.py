@@ -80,15 +80,29 @@ def _evaluate_checkpoint(weights: Path, cfg, metrics_path: Path, quiet: bool = F
     return metrics
 
 
+def _checkpoint_config(args: argparse.Namespace):
+    """The config of checkpoint args.weights; CONFIG and key=value only add overrides
+    (engine/ckpt_config.py), and disagreements with the checkpoint are printed."""
+    from boxdepth.engine.ckpt_config import inference_config
+
+    config, overrides = args.config, list(args.overrides)
+    # `eval --weights W key=value`: argparse hands the first override to the optional CONFIG
+    if config is not None and "=" in config and not Path(config).exists():
+        config, overrides = None, [config, *overrides]
+    return inference_config(args.weights, config, overrides)
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from boxdepth.engine.evaluate import format_metrics_table, run_eval_files
     from boxdepth.engine.inference import results_path_for
 
-    if args.config is not None:
+    if args.config is not None or args.weights:
         if not args.weights:
             raise ValueError("boxdepth eval CONFIG needs --weights CKPT")
-        from boxdepth.config import load_config
-        cfg = load_config(args.config, args.overrides)
+        cfg = _checkpoint_config(args)
+        if not cfg.data.val_json:
+            raise ValueError(f"no data.val_json to evaluate on: {args.weights}'s config has none; "
+                             "give data.val_json=VAL.json")
         # default: beside the checkpoint, as training's own evaluation writes them
         out = args.out or Path(args.weights).parent / "metrics.json"
         refuse_overwriting_inputs({"--out": out, "--out (detections)": results_path_for(out)},
@@ -96,7 +110,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         _evaluate_checkpoint(Path(args.weights), cfg, out)
         return 0
     if not (args.gt and args.results):
-        raise ValueError("give either CONFIG --weights CKPT, or --gt GT.json --results DETS.json")
+        raise ValueError("give either [CONFIG] --weights CKPT, or --gt GT.json --results DETS.json")
     refuse_overwriting_inputs({"--out": args.out}, {"--gt": args.gt, "--results": args.results})
     metrics = run_eval_files(args.gt, args.results, args.out)
     print(format_metrics_table(metrics))
@@ -113,7 +127,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         [("--weights", args.weights), *(("INPUTS", x) for x in args.inputs)])
     summary = run_predict(args.weights, args.inputs, args.out, device=args.device,
                           score_thresh=args.score_thresh, save_depth=args.save_depth,
-                          progress=not args.quiet, cfg_overrides=args.overrides)
+                          progress=not args.quiet, cfg_overrides=args.overrides,
+                          config=args.config)
     print(format_predict_summary(summary))
     return 0
 
@@ -153,11 +168,10 @@ def cmd_viz(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from boxdepth.config import load_config
     from boxdepth.export.exporter import export_model
 
     refuse_overwriting_inputs({"--out": args.out}, {"--weights": args.weights})
-    cfg = load_config(args.config, args.overrides)
+    cfg = _checkpoint_config(args)
     meta = export_model(args.weights, args.out, fmt=args.format, cfg=cfg, size_hw=args.size,
                         dynamic=args.dynamic)
     shape = "dynamic (any multiple of 32)" if meta["dynamic"] else "x".join(map(str, meta["input_size"]))
@@ -184,12 +198,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_label(args: argparse.Namespace) -> int:
-    from boxdepth.config import load_config
     from boxdepth.engine.dist import resolve_device
     from boxdepth.engine.inference import load_trained_model
     from boxdepth.label.run import format_label_summary, label_options, run_label
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = _checkpoint_config(args)
     device = resolve_device(args.device or cfg.device)
     model, cfg, _ = load_trained_model(args.weights, device, cfg)
     summary = run_label(model, json_path=args.json, images_root=args.images, out_path=args.out,

@@ -12,6 +12,8 @@ from pathlib import Path
 from boxdepth import __version__
 
 DESCRIPTION = "boxdepth: box-supervised instance segmentation with pseudo depth"
+CONFIG_HELP = ("optional YAML config; the model config comes from the checkpoint, CONFIG adds only "
+               "data paths, device and eval.* and any disagreement is printed")
 
 
 def _parse_size(text: str) -> tuple[int, int]:
@@ -98,11 +100,11 @@ def _add_train(sub) -> None:
 
 def _add_eval(sub) -> None:
     s = sub.add_parser("eval", help="evaluate a checkpoint, or score a COCO results file",
-                       description="boxdepth eval CONFIG --weights CKPT [key=value ...] | "
+                       description="boxdepth eval [CONFIG] --weights CKPT [key=value ...] | "
                                    "boxdepth eval --gt GT.json --results DETS.json [--out metrics.json]")
-    s.add_argument("config", nargs="?", help="YAML config of the model to evaluate")
+    s.add_argument("config", nargs="?", help=CONFIG_HELP)
     s.add_argument("overrides", nargs="*", help="key=value config overrides")
-    s.add_argument("--weights", type=Path, help="checkpoint (with CONFIG)")
+    s.add_argument("--weights", type=Path, help="checkpoint to evaluate")
     s.add_argument("--gt", type=Path, help="ground-truth COCO json (with masks for segm AP)")
     s.add_argument("--results", type=Path, help="COCO results json")
     s.add_argument("--out", type=Path, default=None,
@@ -120,6 +122,7 @@ def _add_predict(sub) -> None:
                    help="minimum score for overlays and mask PNGs (results.json keeps all)")
     s.add_argument("--save-depth", action="store_true",
                    help="also save predicted instance depth (DG-MaskHead models)")
+    s.add_argument("--config", default=None, help=CONFIG_HELP)
     s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override applied over the checkpoint's config (repeatable)")
     s.add_argument("--quiet", action="store_true")
@@ -183,7 +186,7 @@ def _add_viz(sub) -> None:
 def _add_export(sub) -> None:
     s = sub.add_parser("export", help="export the network to ONNX or TorchScript (post-processing "
                                       "stays in boxdepth.export.runner)")
-    s.add_argument("config", help="YAML config of the model (path or packaged name)")
+    s.add_argument("config", nargs="?", help=CONFIG_HELP)
     s.add_argument("overrides", nargs="*", help="key=value config overrides")
     s.add_argument("--weights", required=True, type=Path, help="checkpoint")
     s.add_argument("--format", required=True, choices=("onnx", "torchscript"))
@@ -225,7 +228,7 @@ def _add_demo(sub) -> None:
 
 def _add_label(sub) -> None:
     s = sub.add_parser("label", help="model masks for the boxes of a COCO json (-> a labelled json)")
-    s.add_argument("config", help="YAML config of the model (its distill.teacher_size is the scale)")
+    s.add_argument("config", nargs="?", help=CONFIG_HELP + " (distill.teacher_size is the scale)")
     s.add_argument("overrides", nargs="*", help="key=value config overrides")
     s.add_argument("--weights", required=True, type=Path, help="checkpoint")
     s.add_argument("--json", required=True, type=Path, help="COCO json with the boxes")

@@ -19,6 +19,7 @@ from tqdm import tqdm
 from boxdepth.data.results import instances_to_coco_results, write_coco_results
 from boxdepth.data.transforms import collate_batch
 from boxdepth.engine import dist
+from boxdepth.engine.ckpt_config import merge_known_keys
 from boxdepth.engine.evaluate import evaluate_coco, write_metrics
 from boxdepth.models.condinst import postprocess_detections
 
@@ -83,16 +84,18 @@ def evaluate_model(model: torch.nn.Module, dataset, gt_json: str | Path, device:
 
 
 def load_trained_model(weights: str | Path, device: torch.device | str = "cpu",
-                       cfg=None) -> tuple[torch.nn.Module, "Config", dict]:
-    """Build the network from a checkpoint (its saved config unless `cfg` is given) and load
-    its weights (the EMA teacher's when the checkpoint has one and eval.model=teacher);
-    returns (model in eval mode, config, meta with cat_ids/class_names and weights_loaded:
-    "teacher" | "student" | "student, no teacher")."""
+                       cfg=None, *, ckpt: dict | None = None) -> tuple[torch.nn.Module, "Config", dict]:
+    """Build the network from a checkpoint (its saved config unless `cfg` is given: see
+    engine/ckpt_config.inference_config) and load its weights (the EMA teacher's when the
+    checkpoint has one and eval.model=teacher); returns (model in eval mode, config, meta
+    with cat_ids/class_names and weights_loaded: "teacher" | "student" | "student, no
+    teacher"). `ckpt`: the checkpoint already loaded from `weights`."""
     from boxdepth.config import Config, load_config
     from boxdepth.engine.checkpoint import load_checkpoint
     from boxdepth.models.build import build_model
 
-    ckpt = load_checkpoint(weights, map_location="cpu")
+    if ckpt is None:
+        ckpt = load_checkpoint(weights, map_location="cpu")
     saved = ckpt.get("config")
     if cfg is None:
         if not saved:
@@ -113,12 +116,3 @@ def load_trained_model(weights: str | Path, device: torch.device | str = "cpu",
     meta["weights_loaded"] = ("teacher" if use_teacher else
                               "student" if ckpt.get("teacher") is not None else "student, no teacher")
     return model.to(device).eval(), cfg, meta
-
-
-def merge_known_keys(dst: dict, src: dict) -> None:
-    """Copy values of `src` whose keys exist in `dst` (configs saved by older versions)."""
-    for k, v in src.items():
-        if k in dst and isinstance(dst[k], dict) and isinstance(v, dict):
-            merge_known_keys(dst[k], v)
-        elif k in dst:
-            dst[k] = v

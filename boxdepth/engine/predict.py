@@ -123,24 +123,6 @@ def check_image_headers(paths: Sequence[Path]) -> None:
             raise BadImageError(f"cannot read image {p}: {type(e).__name__}: {e}") from None
 
 
-def checkpoint_config(weights: str | Path, overrides: Sequence[str]):
-    """Defaults <- the checkpoint's saved config <- `key=value` overrides."""
-    from boxdepth.config import Config, apply_override, load_config, parse_override
-    from boxdepth.engine.checkpoint import load_checkpoint
-    from boxdepth.engine.inference import merge_known_keys
-
-    load_config(None, overrides)  # unknown keys fail here, naming the closest valid ones
-    schema = load_config(None).to_dict()
-    saved = load_checkpoint(weights).get("config")
-    if not saved:
-        raise ValueError(f"{weights} holds no config to apply the overrides to")
-    cfg = load_config(None)
-    merge_known_keys(cfg, saved)
-    for ov in overrides:
-        apply_override(cfg, *parse_override(ov), schema)
-    return Config(cfg.to_dict())
-
-
 def categories_of(meta: dict, num_classes: int, weights) -> tuple[list[int], list[str]]:
     cat_ids = [int(c) for c in meta.get("cat_ids") or range(num_classes)]
     names = [str(n) for n in meta.get("class_names") or [f"class_{i}" for i in range(num_classes)]]
@@ -220,18 +202,23 @@ def write_image_outputs(out_dir: Path, name: str, image: np.ndarray, det: dict, 
     return entries, len(shown)
 
 
-def _load(weights, device, cfg_overrides):
+def _load(weights, device, config, cfg_overrides):
+    from boxdepth.engine.checkpoint import load_checkpoint
+    from boxdepth.engine.ckpt_config import inference_config
     from boxdepth.engine.inference import load_trained_model
 
-    cfg = checkpoint_config(weights, cfg_overrides) if cfg_overrides else None
-    model, cfg, meta = load_trained_model(weights, device, cfg=cfg)
+    ckpt = load_checkpoint(weights)
+    cfg = inference_config(weights, config, cfg_overrides, ckpt=ckpt)
+    model, cfg, meta = load_trained_model(weights, device, cfg=cfg, ckpt=ckpt)
     cat_ids, class_names = categories_of(meta, int(model.num_classes), weights)
     return model, cfg, cat_ids, class_names
 
 
 def run_predict(weights, inputs: list[str], out_dir, *, device="auto", score_thresh=0.3,
-                save_depth=False, max_images=None, progress=True, cfg_overrides=()) -> dict:
-    """Predict on `inputs` and write the outputs listed in the module docstring.
+                save_depth=False, max_images=None, progress=True, cfg_overrides=(), config=None) -> dict:
+    """Predict on `inputs` and write the outputs listed in the module docstring. The model
+    config is the checkpoint's; `config` (a CONFIG file) and `cfg_overrides` (key=value)
+    change it as engine/ckpt_config.inference_config says.
 
     Returns {"images", "detections" (in results.json), "shown" (>= score_thresh),
     "out_dir", "results", "images_json", "overlays", "masks", "depth" (None unless
@@ -240,7 +227,7 @@ def run_predict(weights, inputs: list[str], out_dir, *, device="auto", score_thr
     _check_score_thresh(score_thresh)
     paths = input_paths(inputs, out_dir, max_images)  # bad inputs fail before the model loads
     dev = resolve_device(device)
-    model, cfg, cat_ids, class_names = _load(weights, dev, list(cfg_overrides))
+    model, cfg, cat_ids, class_names = _load(weights, dev, config, list(cfg_overrides))
     if save_depth and not model.mask_head.depth_head:
         log.warning("predict: --save-depth ignored, %s has no DG-MaskHead (depth_head: false)",
                     weights)
