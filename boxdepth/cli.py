@@ -41,9 +41,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from boxdepth.api import train
     from boxdepth.config import load_config
     from boxdepth.engine import dist
-    from boxdepth.engine.trainer import train
 
     cfg = load_config(args.config, args.overrides)
     if args.overfit:
@@ -53,31 +53,22 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(format_overfit_report(report))
         print(f"wrote {Path(args.out) / 'overfit.json'}")
         return 0 if report["passed"] else 1
-    final = train(cfg, args.out, resume=args.resume, overwrite=args.overwrite,
-                  progress=not args.quiet)
+    # the Python API's train (boxdepth/api.py): the verb adds only the printing
+    result = train(cfg, args.out, resume=args.resume, overwrite=args.overwrite,
+                   evaluate=not args.no_eval, progress=not args.quiet)
     if dist.is_main_process():
-        print(f"wrote {final}")
-    if cfg.data.val_json and not args.no_eval:
-        _evaluate_checkpoint(final, cfg, Path(args.out) / "metrics.json", quiet=args.quiet)
+        print(f"wrote {result['weights']}")
+        if result["metrics"] is not None:
+            _print_metrics(result["metrics"], Path(args.out) / "metrics.json")
     dist.cleanup()
     return 0
 
 
-def _evaluate_checkpoint(weights: Path, cfg, metrics_path: Path, quiet: bool = False) -> dict:
-    from boxdepth.data.build import build_dataset
-    from boxdepth.engine import dist
+def _print_metrics(metrics: dict, metrics_path: Path) -> None:
     from boxdepth.engine.evaluate import format_metrics_table
-    from boxdepth.engine.inference import evaluate_model, load_trained_model
 
-    device = dist.init_distributed(cfg.device)
-    model, cfg, _ = load_trained_model(weights, device, cfg)
-    dataset = build_dataset(cfg, "val", is_train=False)
-    metrics = evaluate_model(model, dataset, cfg.data.val_json, device, metrics_path=metrics_path,
-                             progress=not quiet)
-    if dist.is_main_process():
-        print(format_metrics_table(metrics))
-        print(f"wrote {metrics_path}")
-    return metrics
+    print(format_metrics_table(metrics))
+    print(f"wrote {metrics_path}")
 
 
 def _checkpoint_config(args: argparse.Namespace):
@@ -107,7 +98,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
         out = args.out or Path(args.weights).parent / "metrics.json"
         refuse_overwriting_inputs({"--out": out, "--out (detections)": results_path_for(out)},
                                   {"--weights": args.weights, "data.val_json": cfg.data.val_json})
-        _evaluate_checkpoint(Path(args.weights), cfg, out)
+        from boxdepth.api import evaluate_checkpoint
+        from boxdepth.engine import dist
+
+        metrics = evaluate_checkpoint(Path(args.weights), cfg, out)
+        if dist.is_main_process():
+            _print_metrics(metrics, out)
         return 0
     if not (args.gt and args.results):
         raise ValueError("give either [CONFIG] --weights CKPT, or --gt GT.json --results DETS.json")

@@ -19,6 +19,7 @@ Outputs under `out_dir` (every file written atomically):
 `<name>` is the file stem, suffixed with `_<image id>` when several inputs share it
 (case-insensitively). `k` (3 digits, zero padded, so names sort) is the detection's rank
 within its image: the order of the image's entries in results.json (scores descending).
+Detection runs through engine/predictor.py, the Python API's `Predictor`.
 """
 from __future__ import annotations
 
@@ -30,7 +31,6 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
-import torch
 from PIL import Image
 from tqdm import tqdm
 
@@ -38,10 +38,8 @@ from boxdepth.data.depth_io import save_depth_png
 from boxdepth.data.image_io import IMAGE_EXTENSIONS, BadImageError, load_image_rgb
 from boxdepth.data.results import instances_to_coco_results, write_coco_results
 from boxdepth.data.rle import mask_to_rle
-from boxdepth.data.transforms import TestTransform, collate_batch
-from boxdepth.engine.dist import resolve_device
+from boxdepth.engine.predictor import Predictor, categories_of, detect_image, predict_image  # noqa: F401
 from boxdepth.fileio import atomic_write_json
-from boxdepth.models.condinst import SIZE_DIVISIBILITY, postprocess_detections
 from boxdepth.viz.draw import blend_mask, instance_colors, overlay_instances, save_png
 
 log = logging.getLogger("boxdepth")
@@ -123,49 +121,6 @@ def check_image_headers(paths: Sequence[Path]) -> None:
             raise BadImageError(f"cannot read image {p}: {type(e).__name__}: {e}") from None
 
 
-def categories_of(meta: dict, num_classes: int, weights) -> tuple[list[int], list[str]]:
-    cat_ids = [int(c) for c in meta.get("cat_ids") or range(num_classes)]
-    names = [str(n) for n in meta.get("class_names") or [f"class_{i}" for i in range(num_classes)]]
-    if len(cat_ids) != num_classes or len(names) != num_classes:
-        raise ValueError(f"{weights}: meta has {len(cat_ids)} cat_ids and {len(names)} class "
-                         f"names but the model predicts {num_classes} classes")
-    return cat_ids, names
-
-
-@torch.no_grad()
-def detect_image(model: torch.nn.Module, image: np.ndarray, transform, device, *,
-                 with_depth: bool = True) -> dict:
-    """uint8 (H0, W0, 3) -> {"boxes" (D, 4) XYXY at the original size, "scores" (D,),
-    "labels" (D,)} as numpy, sorted by score (descending), and "paster": a
-    models.paste.MaskPaster in the same order, which gives one full-size mask (and depth)
-    at a time. Its depth is None without a DG head or `with_depth`."""
-    h0, w0 = image.shape[:2]
-    sample = transform({"image": torch.from_numpy(image).permute(2, 0, 1).contiguous(),
-                        "boxes": torch.zeros((0, 4))})
-    batch = collate_batch([sample], SIZE_DIVISIBILITY)
-    det = model(batch["images"].to(device), batch["image_mask"].to(device))[0]
-    if not with_depth:  # upsampling D depth maps to the original size is not free
-        det = {**det, "depth_probs": None}
-    out = postprocess_detections(det, tuple(sample["image"].shape[-2:]), (h0, w0),
-                                 model.mask_threshold, mask_stride=model.mask_out_stride, paste=False)
-    order = torch.argsort(out["scores"], descending=True, stable=True)
-    res = {k: out[k][order].cpu().numpy() for k in ("boxes", "scores", "labels")}
-    return {**res, "paster": out["paster"].take(order)}
-
-
-@torch.no_grad()
-def predict_image(model: torch.nn.Module, image: np.ndarray, transform, device, *,
-                  with_depth: bool = True) -> dict:
-    """uint8 (H0, W0, 3) -> numpy {"boxes" (D, 4) XYXY, "scores" (D,), "labels" (D,),
-    "masks" bool (D, H0, W0), "depth" float32 (D, H0, W0) or None} at the original size,
-    sorted by score (descending). "depth" is None without a DG head or `with_depth`."""
-    det = detect_image(model, image, transform, device, with_depth=with_depth)
-    paster = det.pop("paster")
-    depth = paster.depths()
-    return {**det, "masks": paster.masks().cpu().numpy(),
-            "depth": None if depth is None else depth.cpu().numpy()}
-
-
 def _safe(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "x"
 
@@ -202,18 +157,6 @@ def write_image_outputs(out_dir: Path, name: str, image: np.ndarray, det: dict, 
     return entries, len(shown)
 
 
-def _load(weights, device, config, cfg_overrides):
-    from boxdepth.engine.checkpoint import load_checkpoint
-    from boxdepth.engine.ckpt_config import inference_config
-    from boxdepth.engine.inference import load_trained_model
-
-    ckpt = load_checkpoint(weights)
-    cfg = inference_config(weights, config, cfg_overrides, ckpt=ckpt)
-    model, cfg, meta = load_trained_model(weights, device, cfg=cfg, ckpt=ckpt)
-    cat_ids, class_names = categories_of(meta, int(model.num_classes), weights)
-    return model, cfg, cat_ids, class_names
-
-
 def run_predict(weights, inputs: list[str], out_dir, *, device="auto", score_thresh=0.3,
                 save_depth=False, max_images=None, progress=True, cfg_overrides=(), config=None) -> dict:
     """Predict on `inputs` and write the outputs listed in the module docstring. The model
@@ -226,14 +169,13 @@ def run_predict(weights, inputs: list[str], out_dir, *, device="auto", score_thr
     """
     _check_score_thresh(score_thresh)
     paths = input_paths(inputs, out_dir, max_images)  # bad inputs fail before the model loads
-    dev = resolve_device(device)
-    model, cfg, cat_ids, class_names = _load(weights, dev, config, list(cfg_overrides))
-    if save_depth and not model.mask_head.depth_head:
+    # the Python API's Predictor: one loading path, one detection path (detect_image)
+    p = Predictor(weights, device=device, config=config, overrides=list(cfg_overrides))
+    if save_depth and not p.has_depth:
         log.warning("predict: --save-depth ignored, %s has no DG-MaskHead (depth_head: false)",
                     weights)
-    transform = TestTransform(cfg.input.min_size_test, cfg.input.max_size_test)
-    return predict_paths(model, paths, out_dir, transform=transform, cat_ids=cat_ids,
-                         class_names=class_names, device=dev, score_thresh=score_thresh,
+    return predict_paths(p.model, paths, out_dir, transform=p.transform, cat_ids=p.cat_ids,
+                         class_names=p.class_names, device=p.device, score_thresh=score_thresh,
                          save_depth=save_depth, progress=progress)
 
 
