@@ -15,7 +15,8 @@ from boxdepth.cli_args import build_parser, parse_cli  # noqa: F401  (the public
 from boxdepth.fileio import refuse_overwriting_inputs
 
 # what `predict` writes into --out (engine/predict.py)
-PREDICT_OUTPUTS = ("results.json", "images.json", "overlays", "masks", "depth")
+PREDICT_OUTPUTS = ("results.json", "images.json", "overlays", "masks", "depth",
+                   "predict_manifest.jsonl")
 
 log = logging.getLogger("boxdepth")
 

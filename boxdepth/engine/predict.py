@@ -16,6 +16,10 @@ Outputs under `out_dir` (every file written atomically):
     masks/<name>/<k>_<class>_<score>.png   binary mask (0/255) of each such detection.
     depth/<name>/<k>.png             with save_depth and a DG-head model: the predicted
                                      instance depth times its mask, 16-bit (depth_io).
+    predict_manifest.jsonl           every file above, recorded before it is written:
+                                     a new run into the folder first deletes them, and
+                                     refuses if predict's places hold anything else
+                                     (predict_outputs.py).
 `<name>` is the file stem, suffixed with `_<image id>` when several inputs share it
 (case-insensitively). `k` (3 digits, zero padded, so names sort) is the detection's rank
 within its image: the order of the image's entries in results.json (scores descending).
@@ -38,6 +42,7 @@ from boxdepth.data.depth_io import save_depth_png
 from boxdepth.data.image_io import IMAGE_EXTENSIONS, BadImageError, load_image_rgb
 from boxdepth.data.results import instances_to_coco_results, write_coco_results
 from boxdepth.data.rle import mask_to_rle
+from boxdepth.engine.predict_outputs import ManifestWriter, clear_previous_outputs
 from boxdepth.engine.predictor import Predictor, categories_of, detect_image, predict_image  # noqa: F401
 from boxdepth.fileio import atomic_write_json
 from boxdepth.viz.draw import blend_mask, instance_colors, overlay_instances, save_png
@@ -125,18 +130,29 @@ def _safe(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "x"
 
 
-def write_image_outputs(out_dir: Path, name: str, image: np.ndarray, det: dict, *, image_id: int,
-                        cat_ids: Sequence[int], class_names: Sequence[str], score_thresh: float,
-                        save_depth: bool) -> tuple[list[dict], int]:
-    """One image's COCO results entries, and its overlay, mask PNGs and (optionally) depth
-    PNGs of the detections >= score_thresh; returns (entries, how many were shown).
+def image_files(name: str, det: dict, class_names: Sequence[str], score_thresh: float,
+                save_depth: bool) -> dict:
+    """The files of one image, relative to the output folder: {"overlay": path, "masks":
+    [path of shown detection k], "depth": [the same for depth, or empty]}."""
+    shown = int((det["scores"] >= score_thresh).sum())  # 0 .. S-1: scores are sorted
+    masks = [f"masks/{name}/{k:03d}_{_safe(class_names[int(det['labels'][k])])}_"
+             f"{det['scores'][k]:.3f}.png" for k in range(shown)]
+    depth = [f"depth/{name}/{k:03d}.png" for k in range(shown)] \
+        if save_depth and det["paster"].has_depth else []
+    return {"overlay": f"overlays/{name}.png", "masks": masks, "depth": depth}
+
+
+def write_image_outputs(out_dir: Path, image: np.ndarray, det: dict, files: dict, *, image_id: int,
+                        cat_ids: Sequence[int], class_names: Sequence[str]) -> list[dict]:
+    """One image's COCO results entries, and its overlay, mask PNGs and depth PNGs as
+    `files` (image_files) names them; returns the entries.
 
     `det` is `detect_image`'s: masks come one at a time from its paster, so memory holds
     one full-size mask at a time, not D."""
     paster = det["paster"]
     entries = instances_to_coco_results(image_id, det["boxes"], det["scores"], det["labels"], None,
                                         cat_ids=cat_ids)
-    shown = np.nonzero(det["scores"] >= score_thresh)[0]  # 0 .. S-1: scores are sorted
+    shown = np.arange(len(files["masks"]))
     colors, canvas = instance_colors(len(shown)), image.copy()
     # last to first: each mask is blended as it comes and detection 0 ends on top, as in
     # overlay_instances, while only one full-size mask is in memory
@@ -145,16 +161,15 @@ def write_image_outputs(out_dir: Path, name: str, image: np.ndarray, det: dict, 
         entries[k]["segmentation"] = mask_to_rle(mask)
         if k >= len(shown):
             continue
-        cls = _safe(class_names[int(det["labels"][k])])
-        save_png(out_dir / "masks" / name / f"{k:03d}_{cls}_{det['scores'][k]:.3f}.png", mask)
+        save_png(out_dir / files["masks"][k], mask)
         blend_mask(canvas, mask, colors[k])
-        if save_depth and paster.has_depth:
+        if files["depth"]:
             depth = paster.depth(k).cpu().numpy()
-            save_depth_png(out_dir / "depth" / name / f"{k:03d}.png", np.where(mask, depth, 0.0))
+            save_depth_png(out_dir / files["depth"][k], np.where(mask, depth, 0.0))
     labels = [class_names[int(det["labels"][k])] for k in shown]
     overlay = overlay_instances(canvas, None, det["boxes"][shown], labels, det["scores"][shown])
-    save_png(out_dir / "overlays" / f"{name}.png", overlay)
-    return entries, len(shown)
+    save_png(out_dir / files["overlay"], overlay)
+    return entries
 
 
 def run_predict(weights, inputs: list[str], out_dir, *, device="auto", score_thresh=0.3,
@@ -196,26 +211,30 @@ def input_paths(inputs: Iterable[str], out_dir, max_images=None) -> list[Path]:
 def predict_paths(model, paths: Sequence[Path], out_dir, *, transform, cat_ids, class_names, device,
                   score_thresh=0.3, save_depth=False, progress=True) -> dict:
     """`run_predict` with a loaded model (a CondInst, or anything that answers like one in
-    eval mode: boxdepth.export.runner.ExportedModel) on `input_paths`' images."""
+    eval mode: boxdepth.export.runner.ExportedModel) on `input_paths`' images. The files
+    of an earlier run in `out_dir` are deleted first (predict_outputs.py)."""
     _check_score_thresh(score_thresh)
     out_dir = Path(out_dir)
     names = output_names(paths)
+    clear_previous_outputs(out_dir)  # refuses before any work if it cannot
     results, images, shown, any_depth = [], [], 0, False
-    for image_id, (path, name) in enumerate(tqdm(list(zip(paths, names)), desc="predict",
-                                                disable=not progress, dynamic_ncols=True)):
-        image = load_image_rgb(path)
-        det = detect_image(model, image, transform, device, with_depth=save_depth)
-        entries, n_shown = write_image_outputs(out_dir, name, image, det, image_id=image_id,
-                                               cat_ids=cat_ids, class_names=class_names,
-                                               score_thresh=score_thresh, save_depth=save_depth)
-        results += entries
-        shown += n_shown
-        images.append({"id": image_id, "file_name": str(path),
-                       "width": int(image.shape[1]), "height": int(image.shape[0])})
-        any_depth |= save_depth and det["paster"].has_depth
-    write_coco_results(out_dir / "results.json", results)
-    categories = [{"id": c, "name": n} for c, n in zip(cat_ids, class_names)]
-    atomic_write_json(out_dir / "images.json", {"images": images, "categories": categories})
+    with ManifestWriter(out_dir) as manifest:
+        for image_id, (path, name) in enumerate(tqdm(list(zip(paths, names)), desc="predict",
+                                                    disable=not progress, dynamic_ncols=True)):
+            image = load_image_rgb(path)
+            det = detect_image(model, image, transform, device, with_depth=save_depth)
+            files = image_files(name, det, class_names, score_thresh, save_depth)
+            manifest.record([files["overlay"], *files["masks"], *files["depth"]])
+            results += write_image_outputs(out_dir, image, det, files, image_id=image_id,
+                                           cat_ids=cat_ids, class_names=class_names)
+            shown += len(files["masks"])
+            images.append({"id": image_id, "file_name": str(path),
+                           "width": int(image.shape[1]), "height": int(image.shape[0])})
+            any_depth |= bool(files["depth"])
+        manifest.record(["results.json", "images.json"])
+        write_coco_results(out_dir / "results.json", results)
+        categories = [{"id": c, "name": n} for c, n in zip(cat_ids, class_names)]
+        atomic_write_json(out_dir / "images.json", {"images": images, "categories": categories})
     return {"images": len(paths), "detections": len(results), "shown": shown,
             "score_thresh": float(score_thresh), "out_dir": str(out_dir),
             "results": str(out_dir / "results.json"), "images_json": str(out_dir / "images.json"),
