@@ -19,6 +19,7 @@ with the checkpoint (say model.fcos.inference_th) silently changed its detection
 """
 from __future__ import annotations
 
+import copy
 import logging
 from pathlib import Path
 from typing import Any, Iterable
@@ -109,7 +110,7 @@ def inference_config(weights: str | Path, config: str | Path | None = None,
                     weights, config)
         return load_config(config, overrides)
     defaults = load_config(None).to_dict()
-    cfg = load_config(None).to_dict()
+    cfg = copy.deepcopy(defaults)
     merge_known_keys(cfg, saved)
     kept, taken = ([], []) if config is None else \
         apply_config_file(cfg, load_config(config).to_dict(), defaults)
