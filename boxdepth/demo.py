@@ -209,7 +209,8 @@ def run_timing(run_dir: Path, distill_start: int | None = None) -> dict:
     (machines drift between runs; a ratio within one run is the fair comparison)."""
     from boxdepth.engine.logging import read_metrics
 
-    logs = sorted({r["iter"]: r for r in read_metrics(run_dir / "metrics.jsonl")}.values(),
+    rows = [r for r in read_metrics(run_dir / "metrics.jsonl") if "time_step" in r]  # not eval rows
+    logs = sorted({r["iter"]: r for r in rows}.values(),
                   key=lambda r: r["iter"])  # a resumed run may log a window twice: keep the last
     seconds, prev = 0.0, 0
     for r in logs:

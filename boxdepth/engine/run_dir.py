@@ -30,9 +30,9 @@ log = logging.getLogger("boxdepth")
 
 # files (and the tb/ folder) a training run writes; --overwrite deletes exactly these
 RUN_FILE_RE = re.compile(r"^(config\.yaml|metrics\.jsonl|metrics\.json|results\.json|"
-                         r"model_(\d+|final)\.pth|tb)$")
+                         r"model_(\d+|final|best)\.pth|tb)$")
 # a temp file of fileio.atomic_path for one of them: ".<name>.tmp-<random><suffix>"
-TEMP_FILE_RE = re.compile(r"^\.(config\.yaml|metrics\.json|results\.json|model_(\d+|final)\.pth)"
+TEMP_FILE_RE = re.compile(r"^\.(config\.yaml|metrics\.json|results\.json|model_(\d+|final|best)\.pth)"
                           r"\.tmp-.+$")
 # model.* keys that do not change the network's parameters: they may differ on resume
 MODEL_KEYS_FREE_ON_RESUME = ("model.backbone.weights", "model.backbone.channels_last",
@@ -168,6 +168,7 @@ def start_run_files(out_dir: Path, cfg, start_iter: int) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     if start_iter == 0:  # a resume that found no checkpoint: the old logs would mix
         (out_dir / "metrics.jsonl").unlink(missing_ok=True)
+        (out_dir / "model_best.pth").unlink(missing_ok=True)  # judged by those logs
         shutil.rmtree(out_dir / "tb", ignore_errors=True)
     else:
         trim_metrics(out_dir / "metrics.jsonl", start_iter)

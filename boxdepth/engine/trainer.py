@@ -3,7 +3,9 @@
 Run directory layout (rank 0 writes everything):
     config.yaml          the resolved config
     model_<iter>.pth     periodic checkpoints (see engine/checkpoint.py), model_final.pth
-    metrics.jsonl        losses, lr and timings every `log.period` iterations
+    metrics.jsonl        losses, lr and timings every `log.period` iterations, and val AP
+                         rows every `eval.period` iterations (engine/periodic_eval.py)
+    model_best.pth       the checkpoint with the best `eval.best_metric` (eval.period > 0)
     tb/                  TensorBoard scalars when tensorboard is installed
 """
 from __future__ import annotations
@@ -31,6 +33,7 @@ from boxdepth.engine.checkpoint import save_checkpoint
 from boxdepth.engine.health import TrainingHealth, regression_stats
 from boxdepth.engine.logging import MetricsWriter
 from boxdepth.engine.optim import build_lr_scheduler, build_optimizer
+from boxdepth.engine.periodic_eval import PeriodicEvaluator
 from boxdepth.engine.run_dir import check_resume_config, find_checkpoint, prepare_run_dir, start_run_files
 from boxdepth.losses.build import build_criterion
 from boxdepth.models.build import build_model
@@ -203,6 +206,7 @@ def train(cfg: Config, out_dir: str | Path, *, resume: bool = False, overwrite: 
 
     writer = MetricsWriter(out_dir, enabled=is_main, tensorboard=cfg.log.tensorboard,
                            purge_step=start_iter or None)
+    evaluator = PeriodicEvaluator(cfg, out_dir, writer=writer, device=device)
     max_iter, period = int(cfg.solver.max_iter), int(cfg.log.period)
     ckpt_period = int(cfg.solver.checkpoint_period)
     bar = tqdm(total=max_iter, initial=start_iter, disable=not (progress and is_main),
@@ -238,6 +242,8 @@ def train(cfg: Config, out_dir: str | Path, *, resume: bool = False, overwrite: 
         if is_main and ckpt_period > 0 and done % ckpt_period == 0 and done < max_iter:
             last_good = save_checkpoint(out_dir / f"model_{done:07d}.pth", checkpoint_state(
                 model, optimizer, scheduler, scaler, done, cfg, meta, teacher))
+        evaluator(done, model=dist_unwrap(model), teacher=teacher, state=lambda: checkpoint_state(
+            model, optimizer, scheduler, scaler, done, cfg, meta, teacher))
     bar.close()
     final = out_dir / "model_final.pth"
     if is_main and start_iter < max_iter:
