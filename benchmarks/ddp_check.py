@@ -89,9 +89,10 @@ def collectives_ok(device: torch.device) -> bool:
     from boxdepth.engine import dist
     t = torch.full((4,), 3.0, device=device)
     summed = dist.all_reduce_sum(t)
-    obj = dist.broadcast_object({"rank": dist.get_rank()})
+    holder = [{"rank": dist.get_rank()}]
+    tdist.broadcast_object_list(holder, src=0)  # object collectives (pickled) work too
     dist.barrier()
-    return bool(torch.equal(summed, t)) and obj == {"rank": 0}
+    return bool(torch.equal(summed, t)) and holder[0] == {"rank": 0}
 
 
 def uses_sync_bn(cfg, device: torch.device) -> bool:

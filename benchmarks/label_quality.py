@@ -4,7 +4,7 @@ On the embedded synthetic set (its val.json has the true masks):
   1. generate the set (`--data DIR` reuses one), train the demo's model (config
      synth_boxinst, `--max-iter` iterations; `--weights CKPT` reuses a checkpoint),
   2. strip the val masks to make the box input, run `label` on it with the pseudo depth
-     (depth-aware S_match) and without (IoU + score),
+     (depth-aware S_match) and without (box IoU),
   3. score each labelled mask against the true mask (mask IoU), and the box filled as a
      mask (the figure a mask labeller must beat); Spearman rho between mask_score and the
      true IoU; run `qa` on the depth-aware labels and measure its top-k precision at

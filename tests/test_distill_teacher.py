@@ -183,9 +183,8 @@ def test_distillation_pipeline_on_a_tiny_condinst():
     d01 = F.avg_pool2d(torch.rand(2, 1, 64, 96, generator=g), 4)
     sim = depth_similarity(255.0 * d01, image_mask[:, 2::4, 2::4], 3, 2, 0.5)
     matcher = DepthAwareHungarianMatcher(alpha=0.8, beta=0.2, tau_d=0.5)
-    matches = matcher.match_batch([{"gt_boxes": t["boxes"], "pred_boxes": p["boxes"], "pred_scores": p["scores"],
-                                    "pred_masks": p["masks"], "depth_sim": sim[i]}
-                                   for i, (t, p) in enumerate(zip(targets, preds))])
+    matches = [matcher(t["boxes"], p["boxes"], p["scores"], p["masks"], sim[i])
+               for i, (t, p) in enumerate(zip(targets, preds))]
     assert [len(m["gt_inds"]) for m in matches] == [2, 1]
 
     out = student(images, image_mask, targets)

@@ -56,12 +56,16 @@ def _fake_model() -> FakeModel:
                      torch.tensor([0.9, 0.6]), probs)
 
 
-def test_scores_without_depth_are_iou_plus_score():
-    pred = torch.tensor([[8., 8., 40., 40.], [52., 12., 88., 48.]])
-    s = label_match_scores(torch.from_numpy(GT), pred, torch.tensor([0.9, 0.6]), alpha=0.8)
-    assert s["s_match"][0, 0] == pytest.approx(0.8 * 1.0 + 0.2 * 0.9)
-    assert s["s_match"][1, 1] == pytest.approx(0.8 * float(s["iou"][1, 1]) + 0.2 * 0.6)
-    assert float(s["s_match"].max()) <= 1.0 and float(s["s_match"].min()) >= 0.0
+def test_scores_without_depth_are_trainings_s_match():
+    """An image without depth: the distiller matches by box IoU alone (its iou_matcher), so
+    label does too, whatever the prediction's own score (issue 24 item 9)."""
+    from boxdepth.distill.distiller import SelfDistiller
+
+    gt, pred = torch.from_numpy(GT).float(), torch.tensor([[8., 8., 40., 40.], [52., 12., 88., 48.]])
+    s = label_match_scores(gt, pred, torch.tensor([0.9, 0.6]), alpha=0.8)
+    ref, _ = SelfDistiller().iou_matcher.match_scores(gt, pred, torch.tensor([0.9, 0.6]))
+    assert torch.equal(s["s_match"], ref) and torch.equal(s["s_match"], s["iou"])
+    assert s["s_match"][0, 0] == pytest.approx(1.0)
 
 
 def test_scores_with_depth_are_trainings_s_match():
@@ -95,7 +99,7 @@ def test_label_batch_hand_built_predictions():
     image = np.full((H, W, 3), 90, np.uint8)
     res = label_batch(model, [{"image": image, "d01": None, "boxes": GT}], **OPTS)[0]
     assert res["source"] == ["model", "model", "box"] and not res["depth_match"]
-    assert float(res["score"][0]) == pytest.approx(0.98)
+    assert float(res["score"][0]) == pytest.approx(1.0)  # no depth: S_match is the box IoU
     masks = res["masks"].numpy()
     fill = boxes_to_full_masks(torch.from_numpy(GT), (H, W)).numpy()
     assert not (masks & ~fill).any()  # never outside the box
@@ -171,7 +175,7 @@ def test_run_label_keeps_everything_and_names_bad_images(tmp_path, caplog):
         assert by_id[k]["mask_source"] == "missing_image"
     assert by_id[106]["mask_source"] == "invalid_box" and "segmentation" not in by_id[106]
     assert by_id[100]["custom"] == {"keep": True} and by_id[100]["mask_source"] == "model"
-    assert by_id[100]["mask_score"] == pytest.approx(0.98)
+    assert by_id[100]["mask_score"] == pytest.approx(1.0)  # no depth: the box IoU
     assert by_id[102]["mask_source"] == "box" and by_id[102]["mask_score"] == 0.0
     for k in (100, 105, 102, 107):
         a = by_id[k]

@@ -173,13 +173,11 @@ def test_assignment_is_optimal_against_brute_force():
         assert scores[rows, cols].sum() == pytest.approx(best, abs=1e-5)
 
 
-def test_match_batch_and_errors():
+def test_match_empty_and_errors():
     depth, masks, scores = _case_a()
     matcher = DepthAwareHungarianMatcher()
-    item = {"gt_boxes": CANVAS_GT, "pred_boxes": PRED_BOXES, "pred_scores": scores,
-            "pred_masks": masks, "depth_sim": _sim(depth)}
-    outs = matcher.match_batch([item, dict(item, gt_boxes=torch.zeros(0, 4))])
-    assert [o["pred_inds"].tolist() for o in outs] == [[1], []]
+    assert matcher(CANVAS_GT, PRED_BOXES, scores, masks, _sim(depth))["pred_inds"].tolist() == [1]
+    assert matcher(torch.zeros(0, 4), PRED_BOXES, scores, masks, _sim(depth))["pred_inds"].tolist() == []
     with pytest.raises(ValueError, match="depth_sim"):
         matcher(CANVAS_GT, PRED_BOXES, scores, masks, None)
     with pytest.raises(ValueError, match="pred_scores"):

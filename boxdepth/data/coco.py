@@ -22,8 +22,8 @@ a missing or undecodable image (or one whose size differs from the json) is reco
 this process's ``num_skipped`` and ``__getitem__`` returns the next good image instead
 (index + 1, wrapping), so a DataLoader never sees a hole; the sample's ``skipped`` lists
 the files passed over, so a training loop can count skips made inside worker processes.
-``load_sample(i)`` loads exactly image i and never skips; it is ``read_image(i)``
-followed by ``build_sample(i, image)`` (`inspect_dataset` calls the two separately).
+``read_image(i)`` followed by ``build_sample(i, image)`` loads exactly image i and never
+skips (`inspect_dataset` calls the two).
 
 ``keep_original=True`` (set by the trainer only when self-distillation is on) adds the
 decoded image before `transforms` as ``original``: the EMA teacher reads it at its own
@@ -213,10 +213,6 @@ class CocoBoxDataset(torch.utils.data.Dataset):
                       file_name=rec["file_name"], orig_size=(rec["height"], rec["width"]),
                       size=tuple(int(s) for s in sample["image"].shape[-2:]), skipped=[])
         return sample
-
-    def load_sample(self, index: int) -> dict:
-        """Sample of exactly image `index` (errors propagate; never skips)."""
-        return self.build_sample(index, self.read_image(index))
 
     def _normalise_index(self, index: int) -> int:
         n = len(self)

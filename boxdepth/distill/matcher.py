@@ -10,8 +10,6 @@ the student's canvas; masks and depth similarity at the mask stride 4, h x w):
         pred_masks (P, h, w) soft, depth_sim (K, h, w) or None)
         -> {"gt_inds" (M,) long, "pred_inds" (M,) long, "s_match" (M,) float,
             "s_dcons" (M,) float}            M = min(G, P), sorted by gt index
-    .match_batch([{"gt_boxes", "pred_boxes", "pred_scores", "pred_masks", "depth_sim"}])
-        -> list of the dicts above
 
 `depth_sim` is Eq. 3's S_d for each pixel and its K neighbours, as
 `losses.depth.depth_similarity(255 * d01, image_mask, k, dilation, kappa)[b]`
@@ -142,12 +140,6 @@ class DepthAwareHungarianMatcher(nn.Module):
         pred_inds = torch.from_numpy(cols).to(device)
         return {"gt_inds": gt_inds, "pred_inds": pred_inds, "s_match": s_match[gt_inds, pred_inds],
                 "s_dcons": s_dcons[pred_inds]}
-
-    def match_batch(self, items: list[dict]) -> list[dict]:
-        """`forward` for each image's dict (keys: gt_boxes, pred_boxes, pred_scores, and
-        pred_masks, depth_sim in depth mode)."""
-        return [self(it["gt_boxes"], it["pred_boxes"], it["pred_scores"], it.get("pred_masks"),
-                     it.get("depth_sim")) for it in items]
 
 
 def _check_inputs(gt_boxes: torch.Tensor, pred_boxes: torch.Tensor, pred_scores: torch.Tensor) -> None:

@@ -17,6 +17,7 @@ canvas so that matching (distill/matcher.py) and the reliable dice loss
         -> {"images" uint8 (B, 3, Ht, Wt), "image_mask" bool (B, Ht, Wt), "sizes" [(ht, wt)]}
     teacher_predictions(teacher_model, student_batch, *, teacher_size=800, max_size=1333,
                         topk=100, mask_stride=4, raw_images=None)
+        (the teacher's batch is padded to the model's size_divisibility, input.size_divisibility)
         student_batch: {"images" (B, 3, Hs, Ws) uint8, "image_mask" (B, Hs, Ws),
                         "targets": [{"size": (hs, ws), "flipped": bool,
                                      "orig_size": (H0, W0) optional, ...}]}
@@ -51,6 +52,8 @@ import torch
 from torch import nn
 
 from boxdepth.data.transforms import resize_sample, shortest_edge_shape
+from boxdepth.models.condinst import canvas_divisibility
+from boxdepth.ops.boxes import clip_boxes
 
 
 def _source_images(images, sizes, flipped) -> list[torch.Tensor]:
@@ -140,9 +143,9 @@ def detections_to_student(det: dict, *, teacher_size_hw, student_size_hw, studen
     (ht, wt), (hs, ws) = (tuple(int(v) for v in s) for s in (teacher_size_hw, student_size_hw))
     scores = det["scores"].float()
     keep = scores.argsort(descending=True, stable=True)[:topk]
-    boxes = det["boxes"][keep].float()
-    boxes = torch.stack([boxes[:, 0].clamp(0, wt) * (ws / wt), boxes[:, 1].clamp(0, ht) * (hs / ht),
-                         boxes[:, 2].clamp(0, wt) * (ws / wt), boxes[:, 3].clamp(0, ht) * (hs / ht)], dim=1)
+    boxes = clip_boxes(det["boxes"][keep].float(), (ht, wt))
+    boxes = torch.stack([boxes[:, 0] * (ws / wt), boxes[:, 1] * (hs / ht),
+                         boxes[:, 2] * (ws / wt), boxes[:, 3] * (hs / ht)], dim=1)
     probs = det["mask_probs"][keep]
     masks = resample_stride_masks(probs[:, 0] if probs.dim() == 4 else probs, (ht, wt), (hs, ws),
                                   student_canvas_hw, mask_stride)
@@ -188,12 +191,15 @@ def teacher_predictions(teacher_model: nn.Module, student_batch: dict, *, teache
                          "ModelEMA (always eval) or call .eval() on it")
     images = student_batch["images"]
     sizes = _student_sizes(student_batch)
+    div = canvas_divisibility(teacher_model)  # input.size_divisibility, as the student's batches
     if raw_images is None:
-        t_in = teacher_inputs(images, sizes=sizes, teacher_size=teacher_size, max_size=max_size)
+        t_in = teacher_inputs(images, sizes=sizes, teacher_size=teacher_size, max_size=max_size,
+                              size_divisibility=div)
     else:
         _check_raw_images(raw_images, student_batch["targets"])
         flipped = [bool(t.get("flipped", False)) for t in student_batch["targets"]]
-        t_in = teacher_inputs(raw_images, flipped=flipped, teacher_size=teacher_size, max_size=max_size)
+        t_in = teacher_inputs(raw_images, flipped=flipped, teacher_size=teacher_size, max_size=max_size,
+                              size_divisibility=div)
     device = images.device
     dets = teacher_model(t_in["images"].to(device), t_in["image_mask"].to(device))
     canvas = tuple(int(v) for v in images.shape[-2:])

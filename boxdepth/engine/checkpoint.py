@@ -83,7 +83,3 @@ def last_checkpoint(run_dir: str | Path) -> Path | None:
     """The newest `model_<iter>.pth` (or `model_final.pth`) in a run directory."""
     found = checkpoints_newest_first(run_dir)
     return found[0] if found else None
-
-
-def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    return model.module if hasattr(model, "module") else model

@@ -88,14 +88,6 @@ def reduce_loss_dict(losses: dict[str, torch.Tensor]) -> dict[str, float]:
     return {k: float(v) for k, v in zip(names, stacked.tolist())}
 
 
-def broadcast_object(obj):
-    if not is_dist():
-        return obj
-    holder = [obj]
-    dist.broadcast_object_list(holder, src=0)
-    return holder[0]
-
-
 def cleanup() -> None:
     """Tear the process group down once every rank got here: a gloo rank destroying it while
     a peer still talks aborts that peer (std::terminate)."""

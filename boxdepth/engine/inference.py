@@ -21,7 +21,7 @@ from boxdepth.data.transforms import collate_batch
 from boxdepth.engine import dist
 from boxdepth.engine.ckpt_config import merge_known_keys
 from boxdepth.engine.evaluate import evaluate_coco, write_metrics
-from boxdepth.models.condinst import postprocess_detections
+from boxdepth.models.condinst import canvas_divisibility, postprocess_detections
 
 
 def boxes_to_full_masks(boxes: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
@@ -41,7 +41,7 @@ def inference_on_dataset(model: torch.nn.Module, dataset, device: torch.device, 
     model.eval()
     shard = Subset(dataset, range(dist.get_rank(), len(dataset), dist.get_world_size()))
     loader = DataLoader(shard, batch_size=batch_size, shuffle=False, num_workers=0,
-                        collate_fn=partial(collate_batch, size_divisibility=32))
+                        collate_fn=partial(collate_batch, size_divisibility=canvas_divisibility(model)))
     results: list[dict] = []
     for batch in tqdm(loader, desc=desc, disable=not (progress and dist.is_main_process()),
                       dynamic_ncols=True, leave=False):

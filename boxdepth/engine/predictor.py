@@ -33,7 +33,7 @@ import torch
 from boxdepth.data.image_io import load_image_rgb
 from boxdepth.data.transforms import TestTransform, collate_batch
 from boxdepth.engine.dist import resolve_device
-from boxdepth.models.condinst import SIZE_DIVISIBILITY, postprocess_detections
+from boxdepth.models.condinst import canvas_divisibility, postprocess_detections
 
 
 def categories_of(meta: dict, num_classes: int, weights) -> tuple[list[int], list[str]]:
@@ -55,7 +55,7 @@ def detect_image(model: torch.nn.Module, image: np.ndarray, transform, device, *
     h0, w0 = image.shape[:2]
     sample = transform({"image": torch.from_numpy(image).permute(2, 0, 1).contiguous(),
                         "boxes": torch.zeros((0, 4))})
-    batch = collate_batch([sample], SIZE_DIVISIBILITY)
+    batch = collate_batch([sample], canvas_divisibility(model))
     det = model(batch["images"].to(device), batch["image_mask"].to(device))[0]
     if not with_depth:  # upsampling D depth maps to the original size is not free
         det = {**det, "depth_probs": None}

@@ -31,12 +31,12 @@ import torch
 
 from boxdepth.export.graph import INPUT_NAMES, DenseCondInst, output_names
 from boxdepth.fileio import atomic_path, atomic_write_bytes
+from boxdepth.models.condinst import SIZE_DIVISIBILITY, check_size_divisibility
 
 FORMATS = ("onnx", "torchscript")
 METADATA_KEY = "boxdepth"
 TORCHSCRIPT_EXTRA = "boxdepth.json"
 ONNX_OPSET = 17
-SIZE_DIVISIBILITY = 32
 
 
 def check_canvas(size_hw, where: str) -> tuple[int, int]:
@@ -49,7 +49,8 @@ def check_canvas(size_hw, where: str) -> tuple[int, int]:
 
 def default_canvas(cfg) -> tuple[int, int]:
     """A square canvas holding the test short side: the trace example of a dynamic export."""
-    side = -(-int(cfg.input.min_size_test) // SIZE_DIVISIBILITY) * SIZE_DIVISIBILITY
+    div = check_size_divisibility(cfg.input.size_divisibility)  # as the batches inference pads
+    side = -(-int(cfg.input.min_size_test) // div) * div
     return side, side
 
 

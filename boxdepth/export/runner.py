@@ -35,7 +35,7 @@ from boxdepth.fileio import refuse_overwriting_inputs
 from boxdepth.export.exporter import METADATA_KEY, TORCHSCRIPT_EXTRA, SIZE_DIVISIBILITY
 from boxdepth.export.graph import split_outputs
 from boxdepth.models.build import build_mask_head
-from boxdepth.models.condinst import dense_to_detections
+from boxdepth.models.condinst import check_size_divisibility, dense_to_detections
 from boxdepth.models.fcos import compute_locations
 from boxdepth.models.mask_branch import MaskBranch
 
@@ -102,6 +102,8 @@ class ExportedModel:
         self.num_levels = int(self.metadata["num_levels"])
         self.num_classes = int(m.fcos.num_classes)
         self.mask_threshold = float(m.mask_threshold)
+        # what predict/eval pad batches for this model to, as for the PyTorch model
+        self.size_divisibility = check_size_divisibility(self.cfg.input.size_divisibility)
         self.mask_head = build_mask_head(self.cfg)
         self.mask_out_stride = self.mask_head.mask_out_stride
         self.mask_feat_stride = MaskBranch.out_stride

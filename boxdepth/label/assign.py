@@ -13,11 +13,12 @@ predictions. Per image, G GT boxes and P model predictions in one frame:
                 score (G,))
         -> {"masks" bool (G, H, W), "score" (G,) float, "source" [G x "model" | "box"]}
 
-S_match is training's (SPEC §3, Eq. 9, `distill.matcher`): with pseudo depth
-alpha * IoU(gt box, pred box) + beta * S_dcons(pred mask) + (1 - alpha - beta) * S_pred.
-Without depth there is no S_dcons; its weight beta goes to the prediction's own score,
-so S_match = alpha * IoU + (1 - alpha) * S_pred. Matching is class-agnostic, as in
-training: the GT box names the object, the model only draws its outline.
+S_match is training's, computed by the same matcher (SPEC §3, Eq. 9,
+`distill.matcher.DepthAwareHungarianMatcher.match_scores`): with pseudo depth
+alpha * IoU(gt box, pred box) + beta * S_dcons(pred mask) + (1 - alpha - beta) * S_pred;
+without depth the box IoU alone, as the distiller matches an image without depth (its
+IoU-mode matcher, Table 3c). Matching is class-agnostic, as in training: the GT box
+names the object, the model only draws its outline.
 
 The one-to-one assignment maximises the summed S_match with the matcher's Hungarian
 solver. Pairs whose box IoU is below `min_iou` are not allowed: the Hungarian solver
@@ -47,13 +48,12 @@ def label_match_scores(gt_boxes: torch.Tensor, pred_boxes: torch.Tensor, pred_sc
         raise ValueError(f"label_match_scores: pred_scores must be ({len(pred)},), got "
                          f"{tuple(pred_scores.shape)}")
     iou = box_iou(gt, pred)
-    if depth_sim is not None:
-        if pred_masks is None:
-            raise ValueError("label_match_scores: depth-aware S_match needs pred_masks")
-        matcher = DepthAwareHungarianMatcher(alpha=alpha, beta=beta, tau_d=tau_d, mode="depth")
-        s_match, _ = matcher.match_scores(gt, pred, pred_scores, pred_masks, depth_sim)
-    else:
-        s_match = alpha * iou + (1.0 - alpha) * pred_scores.float().to(iou.device)[None, :]
+    if depth_sim is not None and pred_masks is None:
+        raise ValueError("label_match_scores: depth-aware S_match needs pred_masks")
+    # the distiller's two matchers (distill/distiller.py): depth-aware, or IoU for an image without depth
+    matcher = DepthAwareHungarianMatcher(alpha=alpha, beta=beta, tau_d=tau_d,
+                                         mode="iou" if depth_sim is None else "depth")
+    s_match, _ = matcher.match_scores(gt, pred, pred_scores, pred_masks, depth_sim)
     return {"s_match": s_match.clamp(0.0, 1.0), "iou": iou}
 
 

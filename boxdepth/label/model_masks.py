@@ -12,8 +12,9 @@ The images go through the test transform at `size` / `max_size` (the config's
 distill.teacher_size: the scale at which training's teacher drew the pseudo masks) and
 one padded batch, as training's teacher batch. Matching happens on that canvas with
 the model's masks at the mask stride, as in training (`label.assign`): S_dcons from
-the pseudo depth pooled by the stride (Eq. 3's S_d at the d255 scale), IoU + score for
-an image without depth. Only the matched predictions' masks are then up-sampled to the
+the pseudo depth pooled by the stride (Eq. 3's S_d at the d255 scale), the box IoU alone
+for an image without depth. The batch is padded to the model's `size_divisibility`
+(input.size_divisibility). Only the matched predictions' masks are then up-sampled to the
 original image size (`postprocess_detections`, threshold `mask_threshold`) and clipped
 to their boxes, so a full-size mask is never built for an unmatched prediction.
 """
@@ -26,7 +27,7 @@ import torch.nn.functional as F
 from boxdepth.data.transforms import TestTransform, collate_batch
 from boxdepth.label.assign import assign_predictions, label_masks, label_match_scores
 from boxdepth.losses.depth import depth_similarity
-from boxdepth.models.condinst import SIZE_DIVISIBILITY, postprocess_detections
+from boxdepth.models.condinst import canvas_divisibility, postprocess_detections
 
 _PER_DET_KEYS = ("boxes", "scores", "labels", "mask_probs", "depth_probs")
 
@@ -99,7 +100,7 @@ def label_batch(model, items: list[dict], *, size: int, max_size: int, mask_stri
     if model.training:
         raise ValueError("label_batch: the model is in training mode; call .eval() first")
     transform = TestTransform(size, max_size)
-    batch = collate_batch([_sample(it, transform) for it in items], SIZE_DIVISIBILITY)
+    batch = collate_batch([_sample(it, transform) for it in items], canvas_divisibility(model))
     images, image_mask = batch["images"].to(device), batch["image_mask"].to(device)
     dets = model(images, image_mask)
     s0 = mask_stride // 2

@@ -20,7 +20,7 @@ or failed run leaves an existing output untouched. Meanwhile each labelled image
 a journal beside it (`<out>.partial.jsonl`, `label.progress`) that `resume=True` takes
 up again; a finished run deletes it. Images with pseudo depth (a map at
 `depth_root/<file_name with .png>`) are matched depth-aware; an image whose map is
-missing or unreadable is matched by IoU + score, with a warning.
+missing or unreadable is matched by box IoU (training's S_match without depth), with a warning.
 
 summary: {"images", "resumed_images", "labelled_images", "annotations", "model", "box", "missing_image",
 "invalid_box", "crowd", "depth_images", "missing_images" [paths], "out", "seconds"}.
@@ -93,9 +93,9 @@ def _load_item(rec: dict, images_root: Path, depth_root: Path | None) -> tuple[d
         try:
             d01 = load_depth_png(dpath)
         except (FileNotFoundError, ValueError) as e:
-            log.warning("label: no usable pseudo depth for %s (%s); matching by IoU + score", path, e)
+            log.warning("label: no usable pseudo depth for %s (%s); matching by box IoU", path, e)
         if d01 is not None and d01.shape != image.shape[:2]:
-            log.warning("label: depth %s is %s, image %s is %s; matching by IoU + score",
+            log.warning("label: depth %s is %s, image %s is %s; matching by box IoU",
                         dpath, d01.shape, path, image.shape[:2])
             d01 = None
     return {"image": image, "d01": d01, "boxes": rec["boxes"]}, None

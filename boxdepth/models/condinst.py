@@ -1,7 +1,8 @@
 """CondInst / BoxInst with the optional DG-MaskHead (SPEC §1, Eq. 1).
 
 forward(images uint8 (B, 3, Hp, Wp) RGB, image_mask bool (B, Hp, Wp) or None,
-targets=None). Hp, Wp must be multiples of 32 (the padded canvas); normalisation
+targets=None). Hp, Wp must be multiples of 32 (the padded canvas; collates pad to
+`size_divisibility`, input.size_divisibility, a multiple of 32); normalisation
 (flip to BGR if input_format == "BGR", then (x - mean) / std, padding set to 0) happens
 here.
 
@@ -25,8 +26,30 @@ from torch import nn
 
 from boxdepth.models.fcos import compute_locations, decode_detections, flatten_levels
 from boxdepth.models.paste import MaskPaster
+from boxdepth.ops.boxes import clip_boxes
 
+# The padded canvas must be a multiple of P5's stride: the mask branch adds P4 and P5,
+# up-sampled by exact integer factors 2 and 4, onto P3 (models/mask_branch.py), which a
+# canvas of 16k + 16 pixels breaks. `input.size_divisibility` may be any multiple of it.
 SIZE_DIVISIBILITY = 32
+
+
+def check_size_divisibility(value) -> int:
+    """`input.size_divisibility` as an int; a ValueError naming the key unless it is a
+    positive multiple of SIZE_DIVISIBILITY (16 would leave P5 a fraction of P3's grid)."""
+    v = int(value)
+    if v < SIZE_DIVISIBILITY or v % SIZE_DIVISIBILITY:
+        raise ValueError(f"input.size_divisibility={value}: must be a multiple of {SIZE_DIVISIBILITY}, "
+                         f"the largest stride the mask branch fuses (P5); e.g. "
+                         f"input.size_divisibility={SIZE_DIVISIBILITY}")
+    return v
+
+
+def canvas_divisibility(model) -> int:
+    """What to pad `model`'s input batches to: its `size_divisibility` (a ModelEMA or DDP
+    wrapper is looked through; a stand-in without one gets SIZE_DIVISIBILITY)."""
+    inner = getattr(model, "module", model)
+    return int(getattr(inner, "size_divisibility", SIZE_DIVISIBILITY))
 
 
 def select_training_proposals(im_inds: torch.Tensor, gt_inds: torch.Tensor, scores: torch.Tensor,
@@ -58,7 +81,7 @@ class CondInst(nn.Module):
                  input_format: str = "RGB", strides=(8, 16, 32, 64, 128), topk_proposals_per_im: int = 64,
                  inference_th: float = 0.05, pre_nms_topk: int = 1000, nms_th: float = 0.6,
                  post_nms_topk: int = 100, mask_threshold: float = 0.5,
-                 channels_last_backbone: bool = False):
+                 channels_last_backbone: bool = False, size_divisibility: int = SIZE_DIVISIBILITY):
         super().__init__()
         if input_format not in ("RGB", "BGR"):
             raise ValueError(f"CondInst: input_format must be RGB or BGR, got {input_format!r}")
@@ -72,6 +95,8 @@ class CondInst(nn.Module):
         self.inference_th, self.pre_nms_topk = inference_th, pre_nms_topk
         self.nms_th, self.post_nms_topk = nms_th, post_nms_topk
         self.mask_threshold = mask_threshold
+        # what inference, the teacher and `label` pad their batches to (input.size_divisibility)
+        self.size_divisibility = check_size_divisibility(size_divisibility)
         # NHWC convolutions in the backbone: its large early maps run ~25 % faster that way
         # on the CPU (oneDNN) and suit tensor cores on CUDA; its outputs go back to NCHW so
         # the rest of the network and every loss see the layout they were written for
@@ -199,9 +224,9 @@ def postprocess_detections(det: dict, input_size_hw, orig_size_hw, mask_threshol
     canvas = det["mask_probs"].shape[-2] * mask_stride, det["mask_probs"].shape[-1] * mask_stride
     if h > canvas[0] or w > canvas[1]:
         raise ValueError(f"postprocess_detections: input size {h}x{w} exceeds the canvas {canvas[0]}x{canvas[1]}")
-    boxes = det["boxes"].float()
-    boxes = torch.stack([boxes[:, 0].clamp(0, w) * (w0 / w), boxes[:, 1].clamp(0, h) * (h0 / h),
-                         boxes[:, 2].clamp(0, w) * (w0 / w), boxes[:, 3].clamp(0, h) * (h0 / h)], dim=1)
+    boxes = clip_boxes(det["boxes"].float(), (h, w))
+    boxes = torch.stack([boxes[:, 0] * (w0 / w), boxes[:, 1] * (h0 / h),
+                         boxes[:, 2] * (w0 / w), boxes[:, 3] * (h0 / h)], dim=1)
     keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
     depth = det.get("depth_probs")
     paster = MaskPaster(det["mask_probs"][keep], None if depth is None else depth[keep],

@@ -1,4 +1,5 @@
-"""Box geometry and class-aware NMS, pure PyTorch.
+"""Box geometry and class-aware NMS, pure PyTorch (the box ops the package uses; the FCOS
+loss has its own GIoU on (l, t, r, b) distances, losses/fcos.py).
 
 All boxes are absolute XYXY floats ``(x1, y1, x2, y2)`` with ``x2 >= x1`` and
 ``y2 >= y1`` (SPEC §0).
@@ -6,9 +7,6 @@ All boxes are absolute XYXY floats ``(x1, y1, x2, y2)`` with ``x2 >= x1`` and
 Shapes:
     box_area(boxes (N,4))                              -> (N,)
     box_iou(a (N,4), b (M,4))                          -> (N,M)
-    generalized_box_iou(a (N,4), b (M,4))              -> (N,M)
-    elementwise_box_iou(a (N,4), b (N,4))              -> (N,)
-    elementwise_generalized_box_iou(a (N,4), b (N,4))  -> (N,)
     clip_boxes(boxes (...,4), size_hw (H,W))           -> (...,4)
     batched_nms(boxes (N,4), scores (N,), idxs (N,), iou_threshold)
                                                        -> keep (K,) int64
@@ -64,52 +62,12 @@ def _inter_union(a: torch.Tensor, b: torch.Tensor):
     return inter, union
 
 
-def _giou_from(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    inter, union = _inter_union(a, b)
-    iou = _safe_div(inter, union)
-    lt = torch.minimum(a[..., :2], b[..., :2])
-    rb = torch.maximum(a[..., 2:], b[..., 2:])
-    wh = (rb - lt).clamp(min=0)
-    hull = wh[..., 0] * wh[..., 1]
-    return iou - _safe_div(hull - union, hull)
-
-
 def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """IoU of every box in ``a`` (N,4) with every box in ``b`` (M,4) -> (N,M)."""
     _check_boxes(a, "a")
     _check_boxes(b, "b")
     inter, union = _inter_union(a[:, None, :], b[None, :, :])
     return _safe_div(inter, union)
-
-
-def generalized_box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Generalized IoU (Rezatofighi et al. 2019) of all pairs -> (N,M)."""
-    _check_boxes(a, "a")
-    _check_boxes(b, "b")
-    return _giou_from(a[:, None, :], b[None, :, :])
-
-
-def _check_aligned(a: torch.Tensor, b: torch.Tensor, what: str) -> None:
-    _check_boxes(a, "a")
-    _check_boxes(b, "b")
-    if a.shape != b.shape:
-        raise ValueError(
-            f"boxdepth/ops/boxes.py: elementwise {what} needs equal shapes, "
-            f"got {tuple(a.shape)} and {tuple(b.shape)}"
-        )
-
-
-def elementwise_box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """IoU of aligned pairs ``a[i]``, ``b[i]`` -> (N,)."""
-    _check_aligned(a, b, "IoU")
-    inter, union = _inter_union(a, b)
-    return _safe_div(inter, union)
-
-
-def elementwise_generalized_box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Generalized IoU of aligned pairs ``a[i]``, ``b[i]`` -> (N,)."""
-    _check_aligned(a, b, "GIoU")
-    return _giou_from(a, b)
 
 
 def clip_boxes(boxes: torch.Tensor, size_hw) -> torch.Tensor:
