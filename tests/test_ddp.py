@@ -2,6 +2,7 @@
 and `torchrun --nproc_per_node=2 -m boxdepth.cli train` runs end to end."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -89,7 +90,8 @@ def test_torchrun_two_processes_end_to_end(tiny_synth, tmp_path):
            "data.num_workers=0", "input.min_size_train=[64]", "input.max_size_train=128",
            "input.min_size_test=64", "input.max_size_test=128", "solver.ims_per_batch=2",
            "solver.max_iter=2", "solver.checkpoint_period=0", "solver.warmup_iters=1",
-           "log.period=1", "log.tensorboard=false", "--out", str(tmp_path / "run"), "--quiet"]
+           "log.period=1", "log.tensorboard=false", "eval.period=2", "eval.best_metric=bbox/AP",
+           "--out", str(tmp_path / "run"), "--quiet"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -97,6 +99,13 @@ def test_torchrun_two_processes_end_to_end(tiny_synth, tmp_path):
     assert ckpt["iteration"] == 2
     assert (tmp_path / "run" / "metrics.json").exists()  # rank 0 evaluated after training
     assert "segm" in proc.stdout
+    # periodic evaluation: both ranks infer their share of the 3 val images, rank 0 writes once
+    from boxdepth.engine.logging import read_metrics
+    evals = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "eval/bbox/AP" in r]
+    assert [r["iter"] for r in evals] == [2] and evals[0]["best"] == "eval/bbox/AP"
+    assert load_checkpoint(tmp_path / "run" / "model_best.pth")["iteration"] == 2
+    final = json.loads((tmp_path / "run" / "metrics.json").read_text())  # same weights, all images
+    assert evals[0]["eval/bbox/AP"] == final["bbox"]["AP"]
 
 
 def _teacher_worker(rank: int, world: int, init_file: str, data_dir: str, out: str) -> None:
