@@ -63,7 +63,8 @@ def _add_synth(sub) -> None:
     s.add_argument("--train", type=int, default=300, help="training images (default 300)")
     s.add_argument("--val", type=int, default=100, help="validation images (default 100)")
     s.add_argument("--size", type=_parse_size, default=(256, 192), help="WxH (default 256x192)")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=int, default=0,
+                   help="random seed: the same seed gives the same dataset (default 0)")
     s.add_argument("--camouflage", type=float, default=0.3,
                    help="fraction of objects coloured like their surroundings (default 0.3)")
     s.add_argument("--depth-error", type=float, default=1.0,
@@ -76,8 +77,10 @@ def _add_inspect(sub) -> None:
     s.add_argument("--json", required=True, type=Path, help="COCO annotation file")
     s.add_argument("--images", required=True, type=Path, help="image root")
     s.add_argument("--depth", type=Path, default=None, help="pseudo-depth root (optional)")
-    s.add_argument("--skip-bad-images", action="store_true")
-    s.add_argument("--allow-missing-depth", action="store_true")
+    s.add_argument("--skip-bad-images", action="store_true",
+                   help="list unreadable images as skipped instead of stopping at the first")
+    s.add_argument("--allow-missing-depth", action="store_true",
+                   help="count images without a depth map instead of stopping at the first")
 
 
 def _add_train(sub) -> None:
@@ -125,7 +128,7 @@ def _add_predict(sub) -> None:
     s.add_argument("--config", default=None, help=CONFIG_HELP)
     s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override applied over the checkpoint's config (repeatable)")
-    s.add_argument("--quiet", action="store_true")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def _add_depth(sub) -> None:
@@ -153,7 +156,7 @@ def _add_depth(sub) -> None:
     e.add_argument("--output", default=None, metavar="NAME|INDEX",
                    help="which model output is the depth map (default: the first)")
     s.add_argument("--json", type=Path, default=None, help="only the images of this COCO json")
-    s.add_argument("--batch-size", type=int, default=4)
+    s.add_argument("--batch-size", type=int, default=4, help="images per forward pass (default 4)")
     s.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     s.add_argument("--overwrite", action="store_true", help="recompute maps that already exist")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -171,16 +174,18 @@ def _add_viz(sub) -> None:
     s.add_argument("--gt", type=Path, default=None, metavar="GT.json",
                    help="COCO json with boxes: with --weights, adds the distillation pseudo-mask "
                         "tile (file_names relative to the images root)")
-    s.add_argument("--device", default="auto")
-    s.add_argument("--score-thresh", type=float, default=0.3)
-    s.add_argument("--max-images", type=int, default=8)
+    s.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (for --weights)")
+    s.add_argument("--score-thresh", type=float, default=0.3,
+                   help="minimum score of the predicted masks shown (default 0.3)")
+    s.add_argument("--max-images", type=int, default=8,
+                   help="panels for at most this many of the inputs (default 8)")
     s.add_argument("--kappa", type=float, default=0.5, help="S_d = exp(-kappa |d255_i - d255_j|)")
     s.add_argument("--tau", type=float, default=0.5, help="active depth pairs: S_d > tau")
     s.add_argument("--short-side", type=int, default=None,
                    help="resize first, as training does (affinities depend on scale)")
     s.add_argument("--affinity", choices=("active", "mean"), default="active",
                    help="show the fraction of active pairs, or the mean similarity")
-    s.add_argument("--quiet", action="store_true")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def _add_export(sub) -> None:
@@ -189,7 +194,8 @@ def _add_export(sub) -> None:
     s.add_argument("config", nargs="?", help=CONFIG_HELP)
     s.add_argument("overrides", nargs="*", help="key=value config overrides")
     s.add_argument("--weights", required=True, type=Path, help="checkpoint")
-    s.add_argument("--format", required=True, choices=("onnx", "torchscript"))
+    s.add_argument("--format", required=True, choices=("onnx", "torchscript"),
+                   help="onnx (onnxruntime, other runtimes) or torchscript (torch.jit.load)")
     s.add_argument("--out", required=True, type=Path, help="file to write (.onnx / .pt)")
     s.add_argument("--size", type=_parse_hw, default=None, metavar="HxW",
                    help="padded input canvas, height x width, multiples of 32 (needed without "
@@ -199,7 +205,7 @@ def _add_export(sub) -> None:
 
 def _add_convert(sub) -> None:
     s = sub.add_parser("convert", help="convert a dataset's own labels to COCO json (cityscapes)")
-    s.add_argument("dataset", choices=("cityscapes",))
+    s.add_argument("dataset", choices=("cityscapes",), help="source dataset format")
     s.add_argument("gtfine_root", type=Path, help="Cityscapes gtFine folder (holding train/ and val/)")
     s.add_argument("--out", required=True, type=Path, help="folder for train.json (boxes) and val.json (masks)")
     s.add_argument("--images", type=Path, default=None, metavar="LEFTIMG8BIT_ROOT",
@@ -236,7 +242,7 @@ def _add_label(sub) -> None:
     s.add_argument("--depth", type=Path, default=None, help="pseudo-depth root: depth-aware S_match")
     s.add_argument("--out", required=True, type=Path, help="labelled COCO json to write")
     s.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N (default: the config's)")
-    s.add_argument("--batch-size", type=int, default=4)
+    s.add_argument("--batch-size", type=int, default=4, help="images per forward pass (default 4)")
     s.add_argument("--min-iou", type=float, default=0.3,
                    help="least box IoU of a box and the prediction that labels it (default 0.3)")
     s.add_argument("--resume", action="store_true",

@@ -175,11 +175,14 @@ def main(argv: list[str] | None = None) -> int:
                                 description="run a `boxdepth export` file on images (as boxdepth predict)")
     p.add_argument("model", type=Path, help=".onnx or TorchScript file written by boxdepth export")
     p.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
-    p.add_argument("--out", required=True, type=Path)
-    p.add_argument("--score-thresh", type=float, default=0.3)
-    p.add_argument("--save-depth", action="store_true")
+    p.add_argument("--out", required=True, type=Path,
+                   help="output folder: results.json, overlays, mask PNGs (as boxdepth predict)")
+    p.add_argument("--score-thresh", type=float, default=0.3,
+                   help="minimum score for overlays and mask PNGs (results.json keeps all)")
+    p.add_argument("--save-depth", action="store_true",
+                   help="also save predicted instance depth (DG-MaskHead models)")
     p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
     try:
         from boxdepth.cli import PREDICT_OUTPUTS
