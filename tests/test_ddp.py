@@ -110,7 +110,7 @@ def test_torchrun_two_processes_end_to_end(tiny_synth, tmp_path):
 
 def _teacher_worker(rank: int, world: int, init_file: str, data_dir: str, out: str) -> None:
     from boxdepth.distill.ema import ModelEMA
-    from boxdepth.engine.trainer import build_distiller
+    from boxdepth.distill.build import build_distiller
 
     tdist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     torch.set_num_threads(1)

@@ -133,7 +133,7 @@ def test_distiller_dice_reads_the_cleaned_pseudo_masks(clean, monkeypatch):
 
 def test_config_keys_reach_the_distiller():
     from boxdepth.config import load_config
-    from boxdepth.engine.trainer import build_distiller
+    from boxdepth.distill.build import build_distiller
 
     off = build_distiller(load_config(None))
     assert off.depth_clean is False

@@ -59,7 +59,8 @@ def test_training_batches_feed_the_teacher_the_decoded_images(tiny_synth):
     image (flipped like its student) at teacher_size, not the student's 2x-smaller copy
     up-sampled; without distillation the batches carry no originals."""
     from boxdepth.distill.teacher import teacher_inputs
-    from boxdepth.engine.trainer import build_distiller, build_train_loader, build_training, train_step
+    from boxdepth.distill.build import build_distiller
+    from boxdepth.engine.trainer import build_train_loader, build_training, train_step
     from tests.test_distill_teacher import CaptureTeacher
 
     small = ("input.min_size_train=[32]", "input.flip_prob=0.5", "model.fcos.num_classes=4")

@@ -23,16 +23,13 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from boxdepth.distill.depth_clean import depth_clean_teacher_targets
 from boxdepth.distill.matcher import DepthAwareHungarianMatcher
 from boxdepth.distill.teacher import teacher_predictions
-from boxdepth.losses.boxinst import boxes_to_stride_masks
-from boxdepth.losses.criterion import proposal_gt_index
-from boxdepth.losses.depth import depth_similarity
 from boxdepth.losses.distill import pseudo_targets_for_proposals, reliable_dice_loss
+from boxdepth.losses.step_maps import step_maps, stride_depth_similarity
 
 
 class SelfDistiller(nn.Module):
@@ -54,10 +51,8 @@ class SelfDistiller(nn.Module):
     def _depth_sim(self, batch: dict) -> torch.Tensor | None:
         if self.matcher.mode != "depth" or batch.get("depth") is None:
             return None
-        s0 = self.stride // 2
-        d01 = F.avg_pool2d(batch["depth"].float(), self.stride, self.stride)
-        valid = batch["image_mask"][:, s0::self.stride, s0::self.stride]
-        return depth_similarity(255.0 * d01, valid, self.k, self.dilation, self.kappa)
+        return stride_depth_similarity(batch["depth"], batch["image_mask"], stride=self.stride,
+                                       kernel_size=self.k, dilation=self.dilation, kappa=self.kappa)
 
     def match(self, preds: list[dict], batch: dict) -> list[dict]:
         sim = self._depth_sim(batch)
@@ -80,9 +75,8 @@ class SelfDistiller(nn.Module):
         props = outputs["proposals"]
         t_masks, s_match, has = pseudo_targets_for_proposals(
             props["im_inds"], props["gt_inds"], matches, [p["masks"] for p in preds])
-        boxes = torch.cat([t["boxes"] for t in batch["targets"]])
-        box_masks = boxes_to_stride_masks(boxes, batch["images"].shape[-2:], self.stride)[
-            proposal_gt_index(props, batch["targets"])]
+        # the criterion's box masks of this step (losses/step_maps.py)
+        box_masks = step_maps(outputs, batch, self.stride).box_masks
         if self.depth_clean:  # ours: pseudo masks lose pixels far in depth (distill/depth_clean.py)
             t_masks, removed = depth_clean_teacher_targets(
                 t_masks, box_masks, batch.get("depth"), batch.get("has_depth"), props["im_inds"],
@@ -90,7 +84,7 @@ class SelfDistiller(nn.Module):
         loss, stats = reliable_dice_loss(props["mask_logits"].float().sigmoid(), t_masks, box_masks,
                                          s_match, tau_m=self.tau_m, weight=self.dice_weight,
                                          has_match=has)
-        out_stats = self.match_stats(matches, len(boxes), stats)
+        out_stats = self.match_stats(matches, sum(len(t["boxes"]) for t in batch["targets"]), stats)
         if self.depth_clean:
             out_stats["distill_clean_removed"] = removed
         return {"loss_distill": loss}, out_stats

@@ -27,7 +27,7 @@ from boxdepth.data.sampler import SeededDataset, TrainingSampler
 from boxdepth.data.transforms import collate_batch
 from boxdepth.engine import dist
 from boxdepth.engine.amp import autocast as amp_autocast
-from boxdepth.distill.distiller import SelfDistiller
+from boxdepth.distill.build import build_distiller
 from boxdepth.distill.ema import ModelEMA
 from boxdepth.engine.checkpoint import save_checkpoint
 from boxdepth.engine.health import TrainingHealth, regression_stats
@@ -168,18 +168,6 @@ def train_step(model, criterion, optimizer, scheduler, scaler, batch: dict, iter
     if teacher is not None:
         teacher.update(model)
     return logged
-
-
-def build_distiller(cfg: Config) -> SelfDistiller:
-    """The SelfDistiller of `cfg` (whether or not `distill.enabled` asks training for one)."""
-    d, b = cfg.distill, cfg.loss.boxinst
-    return SelfDistiller(teacher_size=d.teacher_size, teacher_max_size=d.teacher_max_size,
-                         match=d.match, alpha=d.alpha, beta=d.beta, tau_d=d.tau_d, tau_m=d.tau_m,
-                         dice_weight=d.dice_weight, kernel_size=b.pairwise_size,
-                         dilation=b.pairwise_dilation, kappa=cfg.loss.depth_consistency.kappa,
-                         mask_out_stride=cfg.model.mask_head.mask_out_stride,
-                         topk=cfg.model.fcos.post_nms_topk, depth_clean=d.depth_clean.enabled,
-                         clean_tolerance=d.depth_clean.tolerance, clean_mad_scale=d.depth_clean.mad_scale)
 
 
 def train(cfg: Config, out_dir: str | Path, *, resume: bool = False, overwrite: bool = False,

@@ -22,11 +22,10 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from boxdepth.data.transforms import TestTransform, collate_batch
 from boxdepth.label.assign import assign_predictions, label_masks, label_match_scores
-from boxdepth.losses.depth import depth_similarity
+from boxdepth.losses.step_maps import stride_depth_similarity
 from boxdepth.models.condinst import canvas_divisibility, postprocess_detections
 
 _PER_DET_KEYS = ("boxes", "scores", "labels", "mask_probs", "depth_probs")
@@ -46,15 +45,6 @@ def _sample(item: dict, transform) -> dict:
     sample.update(has_depth=d01 is not None, orig_size=tuple(image.shape[:2]),
                   size=tuple(int(s) for s in sample["image"].shape[-2:]))
     return sample
-
-
-def stride_depth_similarity(depth: torch.Tensor, image_mask: torch.Tensor, *, stride: int,
-                            kernel_size: int, dilation: int, kappa: float) -> torch.Tensor:
-    """S_d (B, K, Hp/s, Wp/s) of the pooled pseudo depth (B, 1, Hp, Wp), as the distiller's."""
-    s0 = stride // 2
-    d01 = F.avg_pool2d(depth.float(), stride, stride)
-    valid = image_mask[:, s0::stride, s0::stride]
-    return depth_similarity(255.0 * d01, valid, kernel_size, dilation, kappa)
 
 
 def _sorted_detections(det: dict, size_hw) -> dict:

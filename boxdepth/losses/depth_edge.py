@@ -51,7 +51,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from boxdepth.ops.pairwise import neighbour_mask, unfold_wo_center
+from boxdepth.ops.pairwise import gather_windows, neighbour_mask, unfold_wo_center
 
 # values of loss.depth_edge.form; the first is the default
 EDGE_FORMS = ("different", "not_both")
@@ -112,3 +112,28 @@ def depth_edge_loss(neg_log_apart: torch.Tensor, edge_weights: torch.Tensor,
                          f"{tuple(edge_weights.shape)}")
     w = edge_weights.to(dtype=neg_log_apart.dtype) * centres.to(dtype=neg_log_apart.dtype)
     return (neg_log_apart * w).sum() / w.sum().clamp(min=1.0)
+
+
+class DepthEdgeTerm:
+    """loss_depth_edge of one step for CondInstCriterion's loss_map (weight > 0 only), on
+    the instances' box windows of MaskLossInputs (losses/mask_inputs.py). The edge weights
+    come from the full maps so that pairs reaching off the canvas stay 0."""
+
+    def __init__(self, *, weight: float, threshold: float, form: str, kernel_size: int,
+                 dilation: int):
+        if form not in EDGE_FORMS:
+            raise ValueError(f"loss.depth_edge.form must be one of {', '.join(EDGE_FORMS)}, "
+                             f"got {form!r}")
+        self.weight, self.threshold, self.form = weight, threshold, form
+        self.k, self.dilation = kernel_size, dilation
+
+    def __call__(self, m) -> dict:
+        if m.d01 is None:
+            return {}
+        edges = m.per_window(depth_edge_weights(m.d01, m.valid, self.k, self.dilation,
+                                                self.threshold))
+        centres = m.box_win * m.per_window(m.valid[:, None]) * m.inst_has
+        ys, xs = m.windows[0], m.windows[1]
+        nla = pairwise_neg_log_apart(gather_windows(m.logits, ys, xs), self.k, self.dilation,
+                                     self.form)
+        return {"loss_depth_edge": self.weight * m.warm * depth_edge_loss(nla, edges, centres)}

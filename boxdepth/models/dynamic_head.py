@@ -5,7 +5,8 @@ Per instance n (SPEC §1), on the stride-8 mask features:
   F1 = relu(M2(relu(M1(F0))))                     M1: (C+2)->ch, M2: ch->ch, 1x1
   mask logit  z = Mm(F1)                          (BoxInst, depth_head=False)
   depth logit zd = Md(F1), P_depth = sigmoid(zd)  (depth_head=True)
-  mask logit  z = Mm(F1) * P_depth                so P_mask = sigmoid(z)   (Eq. 1)
+  mask logit  z = Mm(F1) * P_depth                so P_mask = sigmoid(z)   (Eq. 1,
+                                                  `depth_guided_mask_logits`)
 Both logits are upsampled x(mask_feat_stride / mask_out_stride) with aligned_bilinear.
 
 Parameter vector (per instance, C = 16, ch = 8: 233 without Md, 242 with it): all
@@ -49,6 +50,12 @@ def split_params(params: torch.Tensor, shapes: list[tuple[int, int]]):
     weights = [w.reshape(n * o, i, 1, 1) for w, (i, o) in zip(chunks[:len(shapes)], shapes)]
     biases = [b.reshape(n * o) for b, (_, o) in zip(chunks[len(shapes):], shapes)]
     return weights, biases
+
+
+def depth_guided_mask_logits(mask_logits: torch.Tensor, depth_logits: torch.Tensor) -> torch.Tensor:
+    """Eq. 1 of the paper (DG-MaskHead): the mask logit scaled by the instance's predicted
+    depth, z = Mm(F1) * sigmoid(Md(F1)); both (N, 1, H, W) at the mask feature stride."""
+    return mask_logits * depth_logits.sigmoid()
 
 
 class DynamicMaskHead(nn.Module):
@@ -108,7 +115,7 @@ class DynamicMaskHead(nn.Module):
         depth_logits = None
         if self.depth_head:
             depth_logits = F.conv2d(x, weights[-1], biases[-1], groups=n)
-            mask_logits = mask_logits * depth_logits.sigmoid()
+            mask_logits = depth_guided_mask_logits(mask_logits, depth_logits)
         mask_logits = aligned_bilinear(mask_logits.reshape(n, 1, h, w), factor)
         if depth_logits is not None:
             depth_logits = aligned_bilinear(depth_logits.reshape(n, 1, h, w), factor)

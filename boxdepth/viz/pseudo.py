@@ -42,8 +42,9 @@ import torch
 
 from boxdepth.data.coco_records import parse_coco, read_coco_json
 from boxdepth.data.transforms import TestTransform, collate_batch
+from boxdepth.distill.build import build_distiller
 from boxdepth.distill.teacher import teacher_predictions
-from boxdepth.engine.trainer import batch_to_device, build_distiller
+from boxdepth.engine.trainer import batch_to_device
 from boxdepth.losses.boxinst import boxes_to_stride_masks
 from boxdepth.losses.distill import pseudo_masks_in_boxes
 from boxdepth.viz.draw import note_tile, overlay_instances
