@@ -36,7 +36,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
     report = inspect_dataset(args.json, args.images, args.depth,
                              skip_bad_images=args.skip_bad_images,
-                             allow_missing_depth=args.allow_missing_depth)
+                             allow_missing_depth=args.allow_missing_depth, progress=True)
     print(format_inspect_report(report))
     return 1 if report["errors"] else 0
 

@@ -113,3 +113,18 @@ def test_real_voc3_report(tmp_path):
     assert r["depth_root"] is None and r["depth"]["with_depth"] == 0
     text = format_inspect_report(r)
     assert "3 images, 12 boxes kept" in text and text.rstrip().endswith("OK")
+
+
+def test_cli_inspect_prints_its_summary_once_with_a_progress_bar_and_its_own_flag(messy, capsys, caplog):
+    import logging
+
+    from boxdepth.cli import main
+
+    js, root, droot = messy
+    with caplog.at_level(logging.INFO, logger="boxdepth"):
+        rc = main(["inspect", "--json", str(js), "--images", str(root), "--depth", str(droot)])
+    out, err = capsys.readouterr()
+    assert rc == 1
+    assert (out + err + caplog.text).count("boxes kept") == 1
+    assert "--allow-missing-depth" in out and "data.allow_missing_depth" not in out
+    assert "inspect: 100%" in err  # tqdm's bar on stderr

@@ -26,6 +26,8 @@ report keys:
 """
 from __future__ import annotations
 
+import logging
+from contextlib import contextmanager
 from pathlib import Path
 
 from boxdepth.data.coco import CocoBoxDataset, DepthSizeMismatchError
@@ -89,6 +91,9 @@ def _check_image(ds: CocoBoxDataset, i: int, report: dict) -> None:
     except (FileNotFoundError, ValueError) as e:  # missing/corrupt depth, bad segmentation
         if isinstance(e, FileNotFoundError) and ds.depth_root is not None:
             report["depth"]["missing"].append(str(ds.depth_path(i)))
+            # the dataset's own hint names the training key; here the flag is inspect's
+            e = f"no depth map for image {ds.image_path(i)}: {ds.depth_path(i)} not found " \
+                f"(--allow-missing-depth counts it and goes on)"
         report["errors"].append(str(e))
         return
     report["num_images_ok"] += 1
@@ -99,14 +104,27 @@ def _check_image(ds: CocoBoxDataset, i: int, report: dict) -> None:
         report["depth"]["missing"].append(str(ds.depth_path(i)))
 
 
+@contextmanager
+def _logger_level(level: int):
+    log = logging.getLogger("boxdepth")
+    old = log.level
+    log.setLevel(level)
+    try:
+        yield
+    finally:
+        log.setLevel(old)
+
+
 def inspect_dataset(json_path: str | Path, image_root: str | Path,
                     depth_root: str | Path | None = None, *, skip_bad_images: bool = False,
                     allow_missing_depth: bool = False, min_box_size: float = 1.0,
                     progress: bool = False) -> dict:
     """Report on a dataset (see the module docstring); `progress` shows a tqdm bar."""
-    ds = CocoBoxDataset(json_path, image_root, depth_root=depth_root, transforms=None,
-                        mode="box", skip_bad_images=skip_bad_images,
-                        allow_missing_depth=allow_missing_depth, min_box_size=min_box_size)
+    # the report carries the dataset's summary line: no second copy on the logger
+    with _logger_level(logging.WARNING):
+        ds = CocoBoxDataset(json_path, image_root, depth_root=depth_root, transforms=None,
+                            mode="box", skip_bad_images=skip_bad_images,
+                            allow_missing_depth=allow_missing_depth, min_box_size=min_box_size)
     report = _empty_report(ds)
     indices = range(len(ds))
     if progress:
