@@ -8,8 +8,9 @@
         outlined in white, scaled to fit a tile x tile square (aspect kept, letterboxed)
     contact_sheet(tiles [uint8 (t, t, 3)], captions [[str] lines], *, columns=6,
                   lines=3, font_size=11) -> uint8 (H, W, 3)
-        tiles row-major, each with `lines` caption lines under it (longer text cut with
-        "...", more lines dropped)
+        tiles row-major, each caption under its tile, word-wrapped to the tile's width
+        (a word wider than the tile is broken); nothing is cut: every cell is as tall as
+        the most wrapped lines of any caption, and at least `lines` lines
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
-from boxdepth.viz.draw import _fit_text, _text_size, load_font, overlay_instances
+from boxdepth.viz.draw import _text_size, load_font, overlay_instances
 
 _OUTSIDE = 96  # grey where the crop window leaves the image
 _PAD = 4
@@ -56,6 +57,23 @@ def crop_tile(image: np.ndarray, mask: np.ndarray | None, box, *, tile: int = 12
     return out
 
 
+def wrap_text(font, text: str, width: int) -> list[str]:
+    """`text` as lines no wider than `width` px: greedy on words, a too-wide word broken."""
+    lines: list[str] = []
+    for word in str(text).split():
+        if lines and _text_size(font, f"{lines[-1]} {word}")[0] <= width:
+            lines[-1] = f"{lines[-1]} {word}"
+            continue
+        while _text_size(font, word)[0] > width and len(word) > 1:
+            cut = len(word) - 1
+            while cut > 1 and _text_size(font, word[:cut])[0] > width:
+                cut -= 1
+            lines.append(word[:cut])
+            word = word[cut:]
+        lines.append(word)
+    return lines
+
+
 def contact_sheet(tiles: list[np.ndarray], captions: list[list[str]], *, columns: int = 6, lines: int = 3,
                   font_size: int = 11) -> np.ndarray:
     """Grid of equally sized tiles with captions (module doc)."""
@@ -68,14 +86,15 @@ def contact_sheet(tiles: list[np.ndarray], captions: list[list[str]], *, columns
         raise ValueError("contact_sheet: every tile must have the same shape")
     font = load_font(font_size)
     line_h = _text_size(font, "Ag")[1] + 2
+    wrapped = [[w for text in caption for w in wrap_text(font, text, tw)] for caption in captions]
     cols = max(1, min(int(columns), len(tiles)))
     rows = math.ceil(len(tiles) / cols)
-    cell_h = th + lines * line_h + _PAD
+    cell_h = th + max([lines] + [len(w) for w in wrapped]) * line_h + _PAD
     sheet = Image.new("RGB", (_PAD + cols * (tw + _PAD), _PAD + rows * cell_h), (255, 255, 255))
     draw = ImageDraw.Draw(sheet)
-    for i, (tile, caption) in enumerate(zip(tiles, captions)):
+    for i, (tile, caption) in enumerate(zip(tiles, wrapped)):
         x, y = _PAD + (i % cols) * (tw + _PAD), _PAD + (i // cols) * cell_h
         sheet.paste(Image.fromarray(np.asarray(tile, np.uint8)), (x, y))
-        for j, text in enumerate(list(caption)[:lines]):
-            draw.text((x, y + th + 1 + j * line_h), _fit_text(font, str(text), tw), fill=(0, 0, 0), font=font)
+        for j, text in enumerate(caption):
+            draw.text((x, y + th + 1 + j * line_h), text, fill=(0, 0, 0), font=font)
     return np.asarray(sheet).copy()

@@ -155,6 +155,14 @@ def _draw_caption(draw: ImageDraw.ImageDraw, font, text: str, box, color, hw) ->
     draw.text((x + 1, y + 1), text, fill=fg, font=font)
 
 
+def overlay_font_size(h: int, w: int) -> int:
+    """Caption size for an (h, w) overlay: 1/36 of the short side on large images; below
+    360 px it shrinks with the image (1/14, 10 px at most), so that a label does not cover
+    a small image's objects, down to 7 px, the smallest the default font stays legible at."""
+    short = min(h, w)
+    return max(round(short / 36), min(10, round(short / 14)), 7)
+
+
 def overlay_instances(image: np.ndarray, masks: np.ndarray | None, boxes: np.ndarray | None,
                       labels: Sequence[str] | None = None, scores: Sequence[float] | None = None,
                       alpha: float = 0.5, *, colors: np.ndarray | None = None,
@@ -182,7 +190,7 @@ def overlay_instances(image: np.ndarray, masks: np.ndarray | None, boxes: np.nda
     if boxes is None and labels is None and scores is None:
         return out
     lw = line_width or max(1, round(min(h, w) / 320))
-    font = load_font(font_size or max(10, round(min(h, w) / 36)))
+    font = load_font(font_size or overlay_font_size(h, w))
     pil = Image.fromarray(out)
     draw = ImageDraw.Draw(pil)
     order = list(reversed(range(n)))
