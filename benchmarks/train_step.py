@@ -207,7 +207,7 @@ def bench_distill(parts, cfg, cpu_batch, device, s: dict, clip: float, plain_tot
     """Distillation iterations (teacher = EMA copy of the student, made before any instrumentation
     so it carries no hooks) with the same split as `bench_train`, plus the ratio to the plain step."""
     from boxdepth.distill.ema import ModelEMA
-    from boxdepth.engine.trainer import build_distiller
+    from boxdepth.distill.build import build_distiller
     distiller, teacher = build_distiller(cfg).to(device), ModelEMA(parts[0], cfg.distill.ema_decay)
     r = bench_train(parts, cpu_batch, device, s, clip, distiller, teacher)
     ratio = r["total"]["median"] / plain_total["median"] if plain_total["median"] else None

@@ -20,7 +20,7 @@ Shapes (N instances, K = kernel_size**2 - 1 neighbours):
 How L_cons combines with BoxInst's colour pairs is `loss.depth_consistency.pairs`
 (PAIR_MODES; benchmarks/README.md, "Fidelity audit", item 1): `separate` is SPEC §2
 (`pairwise_loss` + `depth_consistency_loss`, each with its own normaliser), the others
-are `joint_pair_losses`.
+are `joint_pair_losses` (the criterion reaches them through losses/pair_modes.py).
 """
 from __future__ import annotations
 

@@ -45,6 +45,9 @@ Shapes (N instances or B images, K = kernel_size**2 - 1 neighbours, stride-4 map
     pairwise_neg_log_apart(mask_logits (N,1,H,W), k, d, form) -> (N,K,H,W)
     depth_edge_loss(neg_log_apart (N,K,H,W), edge_weights (N,K,H,W), centres (N,1,H,W))
                                                            -> scalar
+    DepthEdgeTerm(weight, threshold, form, kernel_size, dilation)(MaskLossInputs)
+                                                           -> {"loss_depth_edge": scalar}
+        the criterion's term (in its loss_map only when weight > 0), on the box windows
 """
 from __future__ import annotations
 
