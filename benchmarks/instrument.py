@@ -28,8 +28,11 @@ LOSS_FUNCTIONS = {
     "depth_consistency_loss": "loss_cons", "dice_loss": "loss_mask"}
 
 # distiller-module function -> phase (the glue before a call is charged to it, as for losses)
+# (the box masks come from the criterion's step maps, losses/step_maps.py: charged there once)
 DISTILL_FUNCTIONS = {"teacher_predictions": "teacher_forward", "pseudo_targets_for_proposals": "reliable_dice",
-                     "boxes_to_stride_masks": "reliable_dice", "reliable_dice_loss": "reliable_dice"}
+                     "reliable_dice_loss": "reliable_dice"}
+# where CondInstCriterion's path calls the LOSS_FUNCTIONS from (each module's own global name)
+CRITERION_MODULES = ("boxdepth.losses.criterion", "boxdepth.losses.mask_inputs", "boxdepth.losses.step_maps")
 
 
 @contextlib.contextmanager
@@ -64,10 +67,18 @@ def instrument_functions(module, functions: dict[str, str], timer: common.PhaseT
             setattr(module, name, fn)
 
 
+@contextlib.contextmanager
 def instrument_criterion(timer: common.PhaseTimer):
-    """Wrap the loss functions CondInstCriterion calls; yields the names it could not find."""
-    import boxdepth.losses.criterion as crit
-    return instrument_functions(crit, LOSS_FUNCTIONS, timer)
+    """Wrap the loss functions CondInstCriterion calls, in every module of CRITERION_MODULES
+    that names them; yields the names found in none of them."""
+    import importlib
+
+    with contextlib.ExitStack() as stack:
+        missing = set(LOSS_FUNCTIONS)
+        for name in CRITERION_MODULES:
+            module = importlib.import_module(name)
+            missing &= set(stack.enter_context(instrument_functions(module, LOSS_FUNCTIONS, timer)))
+        yield sorted(missing)
 
 
 @contextlib.contextmanager
