@@ -58,3 +58,15 @@ def save_untrained_checkpoint(path: Path, cfg, cat_ids: list[int], names: list[s
     torch.save({"model": model.state_dict(), "config": cfg.to_dict(),
                 "meta": {"cat_ids": cat_ids, "class_names": names}}, path)
     return path
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Torch on one thread for a module of tiny models: thread start-up and contention on a
+    shared CPU cost far more than they gain."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -30,12 +30,7 @@ CODE = 1.0 / 65535.0
 IN_H, IN_W = 16, 24  # the tiny models' input size; the images are 30x50 (resize both ways)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 class RedPlusOne(torch.nn.Module):

@@ -20,13 +20,7 @@ TABLETOP = Path(__file__).resolve().parents[2] / "shared" / "data" / "tabletop-r
 CODE = 1.0 / 65535.0
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny models: thread start-up and contention on a shared CPU cost far more than they gain.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 def _transformers():
