@@ -170,12 +170,9 @@ def per_scene(out: Path, budget: int, rows: list[str], seeds: int, test_json: Pa
     ids = {name: i for name, i in ids.items() if i}  # no frame of that scene: no AP, not NaN
     table: dict[str, dict] = {}
     for row in rows:
-        variant, _ = split_row(row)
-        source_row = row if variant not in demo.DERIVED else demo.DERIVED[variant]
-        prefix = "" if variant not in demo.DERIVED else f"{variant}_"
         per: dict[str, list[float]] = {}
         for seed in range(seeds):
-            res = demo.run_dir_of(out / f"b{budget}", source_row, seed) / f"{prefix}results.json"
+            res = _results_path(out, budget, row, seed)
             if not res.exists():
                 continue
             dets = json.loads(res.read_text())
@@ -186,6 +183,64 @@ def per_scene(out: Path, budget: int, rows: list[str], seeds: int, test_json: Pa
                              "mask_AP_std": round(statistics.stdev(v), 2) if len(v) > 1 else None,
                              "n": len(v)} for name, v in per.items()}
     return table
+
+
+def _results_path(out: Path, budget: int, row: str, seed: int) -> Path:
+    """A run's saved test detections; a derived row's are in its source run's folder."""
+    variant, _ = split_row(row)
+    if variant in demo.DERIVED:
+        return demo.run_dir_of(out / f"b{budget}", demo.DERIVED[variant], seed) / f"{variant}_results.json"
+    return demo.run_dir_of(out / f"b{budget}", row, seed) / "results.json"
+
+
+def mask_quality(out: Path, budget: int, rows: list[str], seeds: int, test_json: Path,
+                 reference: str) -> dict:
+    """{row: mean ± std over seeds of the box-matched mask IoU and box recall, and the
+    Welch verdict of the mask IoU against `reference`} (engine.mask_quality)."""
+    from boxdepth.engine.mask_quality import matched_mask_quality
+
+    gt = json.loads(test_json.read_text())
+    per_seed = []  # rows shaped like table3's so that table3.compare() gives the verdict
+    for row in rows:
+        for seed in range(seeds):
+            res = _results_path(out, budget, row, seed)
+            if res.exists():
+                q = matched_mask_quality(gt, res)
+                per_seed.append({"variant": row, "seed": seed, "matched": q["matched"],
+                                 "segm": {"AP": q["mask_iou"] or 0.0}})
+    table = {}
+    for row in rows:
+        got = [r for r in per_seed if r["variant"] == row]
+        if not got:
+            continue
+        iou = [100 * r["segm"]["AP"] for r in got]
+        rec = [100 * r["matched"] for r in got]
+        table[row] = {"mask_iou_mean": round(statistics.fmean(iou), 2),
+                      "mask_iou_std": round(statistics.stdev(iou), 2) if len(iou) > 1 else None,
+                      "matched_mean": round(statistics.fmean(rec), 2), "n": len(got),
+                      "vs_reference": table3.compare(per_seed, row, reference)}
+    return table
+
+
+def quality_table(quality: dict, reference: str) -> str:
+    lines = ["| row | mask IoU on matched objects | objects matched (box IoU >= 0.5) | vs "
+             f"{reference} (mask IoU) | seeds |", "| --- | --- | --- | --- | --- |"]
+    for row, e in quality.items():
+        sd = f" ± {e['mask_iou_std']:.1f}" if e["mask_iou_std"] is not None else ""
+        c = e["vs_reference"]
+        if row == reference:
+            verdict = "reference"
+        elif c is None and reference in quality:  # compare() needs 2 seeds on both sides
+            verdict = f"{e['mask_iou_mean'] - quality[reference]['mask_iou_mean']:+.1f} (no spread to compare with)"
+        elif c is None:
+            verdict = "-"
+        else:
+            word = ("**better**" if c["delta"] > 0 else "**worse**") if c["beyond_spread"] else "within spread"
+            p = "p < 0.001" if c["welch_p"] < 0.001 else f"p = {c['welch_p']:.3f}"
+            verdict = f"{c['delta']:+.1f} ± {c['se']:.1f}, {p}: {word}"
+        lines.append(f"| `{row}` | {e['mask_iou_mean']:.1f}{sd} | {e['matched_mean']:.1f} % | "
+                     f"{verdict} | {e['n']} |")
+    return "\n".join(lines)
 
 
 def scene_table(scenes: dict) -> str:
@@ -266,6 +321,8 @@ def collect(a: argparse.Namespace, rows: list[str]) -> dict:
     best = best_depth_row(result)
     shown = [r for r in dict.fromkeys([a.reference, best, "mask_supervised"]) if r in result["summary"]]
     result["scenes"] = per_scene(a.out, a.budget, shown, a.seeds, a.osd / "test.json")
+    result["mask_quality"] = mask_quality(a.out, a.budget, list(result["summary"]), a.seeds,
+                                          a.osd / "test.json", a.reference)
     result["best_depth_row"] = best
     return result
 
@@ -275,6 +332,10 @@ def markdown(result: dict) -> str:
     if result.get("scenes"):
         text += ("\n\nMask AP per scene group of test.json (mean ± std over seeds; BoxInst, the best "
                  "depth row, the mask-supervised bound):\n\n" + scene_table(result["scenes"]))
+    if result.get("mask_quality"):
+        text += ("\n\nMask quality where the box is found (box-matched mask IoU, so that "
+                 "detection luck does not hide a mask term; engine/mask_quality.py):\n\n"
+                 + quality_table(result["mask_quality"], result["reference"]))
     return text
 
 

@@ -128,4 +128,43 @@ def test_tiny_osd_table_trains_rows_per_source_and_breaks_down_by_scene(tmp_path
     text = readme.read_text()
     assert "\nold\n" not in text and "| `boxinst+dg@sensor` |" in text
     assert "| row | boxes | stacked |" in text  # the per-scene table, scenes present only
+    assert set(result["mask_quality"]) == {"boxinst", "box_as_mask", "boxinst+dg@sensor"}
+    assert "| row | mask IoU on matched objects |" in text
     assert "2 to run" in capsys.readouterr().out  # boxinst (box_as_mask is its model) and the dg row
+
+
+def test_mask_quality_reads_each_runs_detections_and_compares_to_boxinst(tmp_path):
+    """Box-matched mask IoU per row over seeds, from hand-made results.json files: a GT
+    square; boxinst's masks cover half of it (IoU 0.5) or 3/4 (0.75), the other row's all."""
+    from boxdepth.data.rle import mask_to_rle
+
+    osd = _load()
+    sq = np.zeros((40, 40), np.uint8)
+    sq[10:30, 10:30] = 1
+    gt = {"images": [{"id": 1, "height": 40, "width": 40, "file_name": "learn/OSD-0.png"}],
+          "categories": [{"id": 1, "name": "object"}],
+          "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "iscrowd": 0, "area": 400.0,
+                           "bbox": [10.0, 10.0, 20.0, 20.0], "segmentation": mask_to_rle(sq)}]}
+    (tmp_path / "test.json").write_text(json.dumps(gt))
+
+    def write(row, seed, width):
+        m = np.zeros_like(sq)
+        m[10:30, 10:10 + width] = 1
+        run = tmp_path / "b5" / f"{row}_seed{seed}"
+        run.mkdir(parents=True)
+        (run / "results.json").write_text(json.dumps([{"image_id": 1, "category_id": 1, "score": 0.9,
+                                                       "bbox": [10.0, 10.0, 20.0, 20.0],
+                                                       "segmentation": mask_to_rle(m)}]))
+    write("boxinst", 0, 10)
+    write("boxinst", 1, 15)
+    write("boxinst+dg@pydnet", 0, 20)
+    write("boxinst+dg@pydnet", 1, 20)
+    q = osd.mask_quality(tmp_path, 5, ["boxinst", "boxinst+dg@pydnet", "mask_supervised"], 3,
+                         tmp_path / "test.json", "boxinst")
+    assert set(q) == {"boxinst", "boxinst+dg@pydnet"}  # no run of mask_supervised: no row
+    assert q["boxinst"]["mask_iou_mean"] == pytest.approx(62.5) and q["boxinst"]["n"] == 2
+    assert q["boxinst+dg@pydnet"]["mask_iou_mean"] == pytest.approx(100.0)
+    assert q["boxinst+dg@pydnet"]["matched_mean"] == pytest.approx(100.0)
+    assert q["boxinst+dg@pydnet"]["vs_reference"]["delta"] == pytest.approx(37.5)
+    table = osd.quality_table(q, "boxinst")
+    assert "| `boxinst` | 62.5 ± 17.7 | 100.0 % | reference | 2 |" in table
