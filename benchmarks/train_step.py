@@ -134,14 +134,16 @@ def synthetic_batch(hw: tuple[int, int], *, batch: int, num_boxes: int, num_clas
 
 # ---------------------------------------------------------------- timed work
 def instrumented_step(model, criterion, optimizer, scheduler, scaler, cpu_batch, device, iteration: int,
-                      clip: float, timer: common.PhaseTimer, distiller=None, teacher=None):
-    """`engine.trainer.train_step` with marks; returns (marks, logged losses, proposals)."""
+                      clip: float, timer: common.PhaseTimer, distiller=None, teacher=None, amp: bool = False):
+    """`engine.trainer.train_step` with marks; returns (marks, logged losses, proposals).
+    `amp` (solver.amp): the engine's autocast, bf16 on CPU / fp16 on CUDA, as train_step."""
     from boxdepth.engine import dist
+    from boxdepth.engine.amp import autocast as amp_autocast
     from boxdepth.engine.trainer import NonFiniteLossError, batch_to_device
     timer.start()
     batch = batch_to_device(cpu_batch, device)
     timer.mark("batch_to_device")
-    with torch.autocast(device.type, enabled=scaler.is_enabled()):
+    with amp_autocast(device, amp or scaler.is_enabled()):
         outputs = model(batch["images"], batch["image_mask"], batch["targets"])
         timer.mark("forward_tail")
         losses = criterion(outputs, batch, iteration=iteration)
@@ -187,7 +189,8 @@ def bench_train(parts, cpu_batch, device, s: dict, clip: float, distiller=None, 
             missing += stack.enter_context(instrument_distiller(distiller, timer))
         for i in range(s["warmup"] + s["iters"]):
             marks, logged, n_prop = instrumented_step(model, criterion, optimizer, scheduler, scaler, cpu_batch,
-                                                      device, it0 + i, clip, timer, distiller, teacher)
+                                                      device, it0 + i, clip, timer, distiller, teacher,
+                                                      amp=s.get("amp", False))
             if i >= s["warmup"]:
                 phases, fn_times = split_loss_marks(marks)
                 runs.append(phases)
@@ -226,7 +229,7 @@ def bench_e2e(parts, cpu_batch, device, s: dict, clip: float) -> dict | None:
     for i in range(s["e2e_iters"]):
         timer.start()
         train_step(model, criterion, optimizer, scheduler, scaler, batch_to_device(cpu_batch, device),
-                   int(getattr(criterion, "warmup_iters", 0)) + i, clip)
+                   int(getattr(criterion, "warmup_iters", 0)) + i, clip, amp=s.get("amp", False))
         timer.mark("train_step")
         times.append(timer.stop()["train_step"])
     st = common.summarize(times)
@@ -268,6 +271,7 @@ def run_setting(s: dict) -> dict:
     torch.set_num_threads(s["threads"])
     device = torch.device(s["device"])
     cfg = build_cfg(s)
+    s = {**s, "amp": bool(cfg.solver.amp)}  # bf16 autocast on CPU (no scaler there), fp16 + scaler on CUDA
     parts = build_training(cfg, device)
     model = parts[0]
     cpu_batch = synthetic_batch(tuple(s["hw"]), batch=s["batch"], num_boxes=s["boxes"],
@@ -289,7 +293,7 @@ def run_setting(s: dict) -> dict:
         mem.end("distill", s["warmup"] + s["iters"])
     n_params = sum(p.numel() for p in model.parameters())
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    setting = {**s, "padded_hw": list(cpu_batch["images"].shape[-2:]), "amp": bool(parts[4].is_enabled()),
+    setting = {**s, "padded_hw": list(cpu_batch["images"].shape[-2:]), "amp": s["amp"],
                "backbone": cfg.model.backbone.name, "load_average_end": common.load_average(),
                "cpu_contention": contention.result()}
     return {"setting": setting, "model": {"parameters": n_params, "trainable_parameters": n_train},

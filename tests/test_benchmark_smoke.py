@@ -92,3 +92,16 @@ def test_train_step_benchmark_distill(tmp_path):
     assert isinstance(ratio, float) and ratio > 0
     assert ratio == pytest.approx(total / r["train"]["total"]["median"], rel=1e-12)
     assert "distill_over_plain" in stdout and "teacher_forward" in stdout
+
+
+def test_train_step_benchmark_honours_solver_amp_on_the_cpu(tmp_path):
+    """solver.amp=true is bf16 autocast on the CPU in both the split and the end-to-end step:
+    the same batch and weights then give other (bf16-rounded) losses than float32."""
+    fp32, _ = _run(tmp_path, "--iters", "1", "--e2e-iters", "1")
+    bf16, stdout = _run(tmp_path, "--iters", "1", "--e2e-iters", "1", "--set", "solver.amp=true")
+    a, b = fp32["results"][0], bf16["results"][0]
+    assert a["setting"]["amp"] is False and b["setting"]["amp"] is True and "amp=True" in stdout
+    la, lb = a["train"]["losses"], b["train"]["losses"]
+    assert la.keys() == lb.keys()
+    assert any(abs(la[k] - lb[k]) > 1e-6 for k in la)
+    assert all(abs(la[k] - lb[k]) < 0.05 * max(abs(la[k]), 1.0) for k in la)  # rounding, not a bug
