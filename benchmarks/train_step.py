@@ -267,6 +267,8 @@ def bench_inference(model, cpu_batch, device, s: dict) -> dict:
 def run_setting(s: dict) -> dict:
     """Everything measured for one setting (runs in its own process when there are several)."""
     from boxdepth.engine.trainer import build_training
+    from boxdepth.engine.allocator import keep_freed_memory
+    malloc = keep_freed_memory()  # as engine.trainer.train does (BOXDEPTH_MALLOC=default: off)
     t_wall, contention = time.perf_counter(), common.CpuContention()
     torch.set_num_threads(s["threads"])
     device = torch.device(s["device"])
@@ -293,7 +295,7 @@ def run_setting(s: dict) -> dict:
         mem.end("distill", s["warmup"] + s["iters"])
     n_params = sum(p.numel() for p in model.parameters())
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    setting = {**s, "padded_hw": list(cpu_batch["images"].shape[-2:]), "amp": s["amp"],
+    setting = {**s, "padded_hw": list(cpu_batch["images"].shape[-2:]), "amp": s["amp"], "malloc": malloc,
                "backbone": cfg.model.backbone.name, "load_average_end": common.load_average(),
                "cpu_contention": contention.result()}
     return {"setting": setting, "model": {"parameters": n_params, "trainable_parameters": n_train},

@@ -15,7 +15,8 @@ import torch
 
 # environment variables that change timings without changing results (allocator, threads,
 # devices); benchmarks/common.py records the same list
-TIMING_ENV = ("MALLOC_ARENA_MAX", "MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "LD_PRELOAD",
+TIMING_ENV = ("MALLOC_ARENA_MAX", "MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_MMAP_MAX_",
+              "GLIBC_TUNABLES", "BOXDEPTH_MALLOC", "LD_PRELOAD",
               "PYTORCH_CUDA_ALLOC_CONF", "OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT",
               "MKL_NUM_THREADS", "CUDA_VISIBLE_DEVICES")
 

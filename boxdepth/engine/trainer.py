@@ -26,6 +26,7 @@ from boxdepth.data.build import build_dataset
 from boxdepth.data.sampler import SeededDataset, TrainingSampler
 from boxdepth.data.transforms import collate_batch
 from boxdepth.engine import dist
+from boxdepth.engine.allocator import keep_freed_memory
 from boxdepth.engine.amp import autocast as amp_autocast
 from boxdepth.distill.build import build_distiller
 from boxdepth.distill.ema import ModelEMA
@@ -174,6 +175,7 @@ def train(cfg: Config, out_dir: str | Path, *, resume: bool = False, overwrite: 
           progress: bool = True) -> Path:
     """Train per `cfg` into `out_dir`; returns the final checkpoint's path. A folder that
     holds a run needs `resume` or `overwrite` (engine/run_dir.py)."""
+    malloc = keep_freed_memory()  # no page faults for the same activations every step
     device = dist.init_distributed(cfg.device)
     out_dir, is_main = Path(out_dir), dist.is_main_process()
     prepare_run_dir(out_dir, resume=resume, overwrite=overwrite)
@@ -189,6 +191,7 @@ def train(cfg: Config, out_dir: str | Path, *, resume: bool = False, overwrite: 
     del ckpt
     if is_main:  # only now can the run start: its files change from here on
         start_run_files(out_dir, cfg, start_iter)
+        log.info(f"memory allocator: {malloc} (engine/allocator.py; BOXDEPTH_MALLOC=default turns it off)")
     if dist.is_dist():
         model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
