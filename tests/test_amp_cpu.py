@@ -54,3 +54,15 @@ def test_rounds_alternate_and_ratio_is_bf16_over_fp32(tmp_path, monkeypatch):
     assert r["presets"]["demo"]["runs_ms"] == {"fp32": [100.0] * 3, "bf16": [300.0] * 3}
     assert r["command"].startswith("python benchmarks/amp_cpu.py --presets demo")
     assert set(r["cpu"]["flags"]) == {"avx512_bf16", "amx_bf16", "amx_tile", "avx512f", "avx2"}
+
+
+def test_training_warns_where_the_cpu_has_no_native_bf16():
+    from boxdepth.engine.amp import cpu_bf16_warning
+    from boxdepth.engine.machine import cpu_flags
+
+    avx2_only, native = cpu_flags("flags\t: fpu avx2 fma"), cpu_flags(CPUINFO)
+    assert "without native bfloat16" in cpu_bf16_warning("cpu", True, avx2_only)
+    assert cpu_bf16_warning("cpu", True, native) is None  # avx512_bf16
+    assert cpu_bf16_warning("cpu", True, {"amx_bf16"}) is None
+    assert cpu_bf16_warning("cpu", False, avx2_only) is None  # float32
+    assert cpu_bf16_warning("cuda", True, avx2_only) is None  # fp16 on the GPU

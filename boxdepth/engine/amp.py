@@ -38,6 +38,22 @@ def amp_dtype(device: torch.device | str, enabled: bool) -> torch.dtype | None:
     return AMP_DTYPES[kind]
 
 
+def cpu_bf16_warning(device: torch.device | str, enabled: bool, flags: set[str] | None = None) -> str | None:
+    """A warning when bf16 autocast would run on a CPU without native bf16 (no avx512_bf16
+    or AMX in /proc/cpuinfo, or `flags`): oneDNN then emulates it through float32, measured
+    14x slower on the demo preset and 36x on R-50 (benchmarks/README, "bf16 on the CPU")."""
+    from boxdepth.engine.machine import BF16_FLAGS, cpu_flags
+
+    if amp_dtype(device, enabled) != torch.bfloat16:
+        return None
+    flags = cpu_flags() if flags is None else flags
+    if flags is None or any(f in flags for f in BF16_FLAGS):
+        return None
+    return ("solver.amp=true on a CPU without native bfloat16 (no avx512_bf16 or amx_bf16 in "
+            "/proc/cpuinfo): bf16 is emulated and a training step is several times slower than "
+            "float32 (14-36x measured, benchmarks/README 'bf16 on the CPU'); use solver.amp=false")
+
+
 def autocast(device: torch.device | str, enabled: bool):
     """`torch.autocast` with `amp_dtype`'s dtype; a no-op context when not enabled."""
     dtype = amp_dtype(device, enabled)

@@ -32,6 +32,24 @@ def cpu_model() -> str | None:
     return platform.processor() or None
 
 
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # CPU instructions that run bfloat16 natively
+
+
+def cpu_flags(cpuinfo: str | None = None) -> set[str] | None:
+    """The CPU's feature flags (Linux /proc/cpuinfo, or its text), None where unknown."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return None
+    flags = set()
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "flags":
+            flags |= set(value.split())
+    return flags or None
+
+
 def machine_info() -> dict:
     """The machine and thread settings of this process (see the module docstring)."""
     cuda = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None

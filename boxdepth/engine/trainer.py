@@ -28,6 +28,7 @@ from boxdepth.data.transforms import collate_batch
 from boxdepth.engine import dist
 from boxdepth.engine.allocator import keep_freed_memory
 from boxdepth.engine.amp import autocast as amp_autocast
+from boxdepth.engine.amp import cpu_bf16_warning
 from boxdepth.distill.build import build_distiller
 from boxdepth.distill.ema import ModelEMA
 from boxdepth.engine.checkpoint import save_checkpoint
@@ -192,6 +193,9 @@ def train(cfg: Config, out_dir: str | Path, *, resume: bool = False, overwrite: 
     if is_main:  # only now can the run start: its files change from here on
         start_run_files(out_dir, cfg, start_iter)
         log.info(f"memory allocator: {malloc} (engine/allocator.py; BOXDEPTH_MALLOC=default turns it off)")
+        slow_amp = cpu_bf16_warning(device, bool(cfg.solver.amp))
+        if slow_amp:
+            log.warning(slow_amp)
     if dist.is_dist():
         model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
