@@ -112,3 +112,48 @@ def test_fcos_head_fused_outputs_give_the_same_gradients():
     assert g_fused.keys() == g_plain.keys()
     for name in g_plain:
         _close(g_fused[name], g_plain[name], tol=1e-10)
+
+
+def _is_cl(t):
+    return t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+
+
+def test_channels_last_train_frozen_runs_the_trainable_convs_nchw_only_while_training():
+    from boxdepth.models.layout import trainable_convs_nchw
+    torch.manual_seed(0)
+    plain = build_backbone("resnet18", norm="FrozenBN", freeze_at=2)
+    fast = build_backbone("resnet18", norm="FrozenBN", freeze_at=2)
+    fast.load_state_dict(plain.state_dict())
+    fast.to(memory_format=torch.channels_last)
+    assert trainable_convs_nchw(fast) == sum(1 for p in fast.parameters() if p.requires_grad and p.dim() == 4)
+    assert _is_cl(fast.conv1.weight) and _is_cl(fast.layer1[0].conv1.weight)
+    assert fast.layer2[0].conv1.weight.is_contiguous() and fast.layer4[1].conv2.weight.is_contiguous()
+    seen = []
+    fast.layer3[0].conv1.register_forward_hook(lambda m, args, out: seen.append(_is_cl(args[0])))
+    x = torch.randn(1, 3, 64, 96)
+    out_fast = fast(x.contiguous(memory_format=torch.channels_last))
+    out_plain = plain(x)
+    sum(v.sum() for v in out_fast.values()).backward()
+    sum(v.sum() for v in out_plain.values()).backward()
+    assert seen == [False]  # training: the trainable stages see NCHW
+    for k in out_plain:
+        _close(out_fast[k], out_plain[k])
+    for (name, p), q in zip(fast.named_parameters(), plain.parameters()):
+        if p.requires_grad:
+            _close(p.grad, q.grad, tol=1e-4)
+    with torch.no_grad():  # inference: NHWC throughout, as channels_last alone
+        fast(x.contiguous(memory_format=torch.channels_last))
+    assert seen == [False, True]
+
+
+def test_build_model_reads_channels_last_train_and_refuses_other_values():
+    import pytest
+    from boxdepth.config import load_config
+    from boxdepth.models.build import build_model
+    base = ["model.backbone.name=resnet18", "model.backbone.weights=null", "model.fcos.num_classes=2"]
+    model = build_model(load_config(None, base))
+    assert _is_cl(model.backbone.conv1.weight) and model.backbone.layer3[0].conv1.weight.is_contiguous()
+    model = build_model(load_config(None, base + ["model.backbone.channels_last_train=all"]))
+    assert _is_cl(model.backbone.layer3[0].conv1.weight)
+    with pytest.raises(ValueError, match="model.backbone.channels_last_train"):
+        build_model(load_config(None, base + ["model.backbone.channels_last_train=some"]))
