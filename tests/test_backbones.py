@@ -79,9 +79,17 @@ def _outputs(model, x):
 
 
 def _assert_same_outputs(a, b, x):
+    """Same weights, same outputs: bit for bit when both freeze the same stages; a frozen
+    conv + FrozenBN runs folded into one conv (norm.conv_norm), so a model that freezes
+    other stages agrees to float rounding."""
     oa, ob = _outputs(a, x), _outputs(b, x)
+    same_freezing = all(pa.requires_grad == pb.requires_grad for pa, pb in zip(a.parameters(), b.parameters()))
     for k in ("res3", "res4", "res5"):
-        assert torch.equal(oa[k], ob[k]), k
+        if same_freezing:
+            assert torch.equal(oa[k], ob[k]), k
+        else:
+            scale = oa[k].abs().max().item()  # these random weights give outputs up to ~100
+            torch.testing.assert_close(oa[k], ob[k], rtol=1e-5, atol=1e-5 * scale, msg=k)
 
 
 # ---------------------------------------------------------------- torchvision compatibility

@@ -116,7 +116,7 @@ def build_training(cfg: Config, device: torch.device):
     s = cfg.solver
     optimizer = build_optimizer(model, base_lr=s.base_lr, momentum=s.momentum,
                                 weight_decay=s.weight_decay, weight_decay_norm=s.weight_decay_norm,
-                                bias_lr_factor=s.bias_lr_factor)
+                                bias_lr_factor=s.bias_lr_factor, impl=s.sgd_impl)
     scheduler = build_lr_scheduler(optimizer, warmup_iters=s.warmup_iters,
                                    warmup_factor=s.warmup_factor, steps=list(s.steps), gamma=s.gamma)
     # fp16 needs loss scaling; CPU AMP is bf16 (float32's range), so no scaler there

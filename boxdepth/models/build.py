@@ -1,6 +1,7 @@
 """`build_model(cfg)`: the one place that reads the config to assemble CondInst (SPEC §1).
 
-Keys read: model.backbone.{name, norm, freeze_at, weights, width, channels_last}, model.fpn.out_channels,
+Keys read: model.backbone.{name, norm, freeze_at, weights, width, channels_last,
+channels_last_train}, model.fpn.out_channels,
 model.fcos.*, model.mask_branch.*, model.mask_head.*, model.depth_head,
 model.mask_threshold, input.{pixel_mean, pixel_std, format, size_divisibility}.
 """
@@ -48,4 +49,5 @@ def build_model(cfg, *, load_backbone_weights: bool = True) -> CondInst:
                     topk_proposals_per_im=mh.topk_proposals_per_im, inference_th=fc.inference_th,
                     pre_nms_topk=fc.pre_nms_topk, nms_th=fc.nms_th, post_nms_topk=fc.post_nms_topk,
                     mask_threshold=m.mask_threshold, channels_last_backbone=bool(bb.channels_last),
+                    channels_last_train=bb.channels_last_train,
                     size_divisibility=cfg.input.size_divisibility)

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from boxdepth.models.fcos import compute_locations, decode_detections, flatten_levels
+from boxdepth.models.layout import check_channels_last_train, trainable_convs_nchw
 from boxdepth.models.paste import MaskPaster
 from boxdepth.ops.boxes import clip_boxes
 
@@ -81,7 +82,8 @@ class CondInst(nn.Module):
                  input_format: str = "RGB", strides=(8, 16, 32, 64, 128), topk_proposals_per_im: int = 64,
                  inference_th: float = 0.05, pre_nms_topk: int = 1000, nms_th: float = 0.6,
                  post_nms_topk: int = 100, mask_threshold: float = 0.5,
-                 channels_last_backbone: bool = False, size_divisibility: int = SIZE_DIVISIBILITY):
+                 channels_last_backbone: bool = False, channels_last_train: str = "all",
+                 size_divisibility: int = SIZE_DIVISIBILITY):
         super().__init__()
         if input_format not in ("RGB", "BGR"):
             raise ValueError(f"CondInst: input_format must be RGB or BGR, got {input_format!r}")
@@ -100,9 +102,12 @@ class CondInst(nn.Module):
         # NHWC convolutions in the backbone: its large early maps run ~25 % faster that way
         # on the CPU (oneDNN) and suit tensor cores on CUDA; its outputs go back to NCHW so
         # the rest of the network and every loss see the layout they were written for
+        # (while training, "frozen" keeps the convs that train NCHW: models/layout.py)
         self.channels_last_backbone = channels_last_backbone
         if channels_last_backbone:
             self.backbone.to(memory_format=torch.channels_last)
+            if check_channels_last_train(channels_last_train) == "frozen":
+                trainable_convs_nchw(self.backbone)
         self.mask_feat_stride = getattr(mask_branch, "out_stride", 8)
         self.mask_out_stride = mask_head.mask_out_stride
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(1, 3, 1, 1), False)

@@ -12,6 +12,7 @@ sees them and `model.train()` never updates them. It loads BatchNorm2d state dic
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 GN_GROUPS = 32  # GroupNorm(32) as in FCOS/CondInst (SPEC §1)
@@ -75,6 +76,20 @@ class FrozenBatchNorm2d(nn.Module):
             if new_child is not child:
                 setattr(module, name, new_child)
         return module
+
+
+def conv_norm(conv: nn.Conv2d, norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """norm(conv(x)); one convolution with the norm folded into its weights and bias where
+    both are fixed (a frozen conv followed by FrozenBatchNorm2d): the frozen stages' maps
+    are the largest of the network, and a separate norm pass reads and writes each once
+    more. The fold changes the result by float rounding only."""
+    if not (isinstance(norm, FrozenBatchNorm2d) and not conv.weight.requires_grad
+            and (conv.bias is None or not conv.bias.requires_grad)):
+        return norm(conv(x))
+    scale, shift = norm.scale_shift()
+    weight = conv.weight * scale.view(-1, 1, 1, 1).to(conv.weight.dtype)
+    bias = shift if conv.bias is None else shift + conv.bias * scale
+    return F.conv2d(x, weight, bias.to(weight.dtype), conv.stride, conv.padding, conv.dilation, conv.groups)
 
 
 def get_norm(name: str | None, channels: int, *, eps: float = 1e-5) -> nn.Module:

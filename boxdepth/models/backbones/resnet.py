@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from boxdepth.models.norm import freeze_module, get_norm
+from boxdepth.models.norm import conv_norm, freeze_module, get_norm
 
 OUT_FEATURES = ("res3", "res4", "res5")
 
@@ -50,10 +50,8 @@ class BasicBlock(nn.Module):
         self.downsample = make_downsample(in_ch, out_ch, stride=stride, norm=norm)
 
     def forward(self, x):
-        identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return self.relu(out + identity)
+        out = self.relu(conv_norm(self.conv1, self.bn1, x))
+        return _residual(self.relu, conv_norm(self.conv2, self.bn2, out), _shortcut(self.downsample, x))
 
 
 class Bottleneck(nn.Module):
@@ -74,11 +72,18 @@ class Bottleneck(nn.Module):
         self.downsample = make_downsample(in_ch, out_ch, stride=stride, norm=norm)
 
     def forward(self, x):
-        identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        return self.relu(out + identity)
+        out = self.relu(conv_norm(self.conv1, self.bn1, x))
+        out = self.relu(conv_norm(self.conv2, self.bn2, out))
+        return _residual(self.relu, conv_norm(self.conv3, self.bn3, out), _shortcut(self.downsample, x))
+
+
+def _shortcut(downsample: nn.Module | None, x):
+    return x if downsample is None else conv_norm(downsample[0], downsample[1], x)
+
+
+def _residual(relu: nn.Module, out, identity):
+    # in place where no gradient flows (frozen stages, inference): no extra full-size map
+    return relu(out.add_(identity) if not (out.requires_grad or identity.requires_grad) else out + identity)
 
 
 def make_downsample(in_ch: int, out_ch: int, *, stride: int, norm: str) -> nn.Module | None:
@@ -152,7 +157,7 @@ class ResNet(nn.Module):
             freeze_module(getattr(self, f"layer{k - 1}"))
 
     def forward(self, x):
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.maxpool(self.relu(conv_norm(self.conv1, self.bn1, x)))
         x = self.layer1(x)
         res3 = self.layer2(x)
         res4 = self.layer3(res3)
