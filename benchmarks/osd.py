@@ -235,9 +235,7 @@ def quality_table(quality: dict, reference: str) -> str:
         elif c is None:
             verdict = "-"
         else:
-            word = ("**better**" if c["delta"] > 0 else "**worse**") if c["beyond_spread"] else "within spread"
-            p = "p < 0.001" if c["welch_p"] < 0.001 else f"p = {c['welch_p']:.3f}"
-            verdict = f"{c['delta']:+.1f} ± {c['se']:.1f}, {p}: {word}"
+            verdict = table3.verdict_text(c)
         lines.append(f"| `{row}` | {e['mask_iou_mean']:.1f}{sd} | {e['matched_mean']:.1f} % | "
                      f"{verdict} | {e['n']} |")
     return "\n".join(lines)

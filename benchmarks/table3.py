@@ -150,6 +150,13 @@ def compare(rows: list[dict], variant: str, reference: str) -> dict | None:
             "beyond_spread": p < ALPHA, "seeds": len(a), "reference_seeds": len(b)}
 
 
+def verdict_text(c: dict) -> str:
+    """compare()'s result as a table cell: "+1.2 ± 0.4, p = 0.030: **better**"."""
+    word = ("**better**" if c["delta"] > 0 else "**worse**") if c["beyond_spread"] else "within spread"
+    p = "p < 0.001" if c["welch_p"] < 0.001 else f"p = {c['welch_p']:.3f}"
+    return f"{c['delta']:+.1f} ± {c['se']:.1f}, {p}: {word}"
+
+
 def markdown_table(result: dict) -> str:
     """The README's table: one line per variant, mask AP mean ± std and the verdict."""
     ref = result["reference"]
@@ -161,9 +168,7 @@ def markdown_table(result: dict) -> str:
             return f"{100 * e[f'{k}_mean']:.1f}{sd}"
         c = result["comparisons"].get(name)
         if c is not None:
-            word = ("**better**" if c["delta"] > 0 else "**worse**") if c["beyond_spread"] else "within spread"
-            p = "p < 0.001" if c["welch_p"] < 0.001 else f"p = {c['welch_p']:.3f}"
-            verdict = f"{c['delta']:+.1f} ± {c['se']:.1f}, {p}: {word}"
+            verdict = verdict_text(c)
         elif name == ref:
             verdict = "reference"
         elif ref in result["summary"]:  # compare() needs 2 seeds on both sides

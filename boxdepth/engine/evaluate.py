@@ -135,6 +135,15 @@ def _run_cocoeval(coco_gt, results: list[dict], iou_type: str,
     return _stats_to_metrics(cocoeval.stats)
 
 
+def load_gt_and_results(gt: str | os.PathLike | dict, results: str | os.PathLike | list[dict]
+                        ) -> tuple[dict, list[dict]]:
+    """The GT dict and the results checked against it (each a path or a loaded object)."""
+    gt_data = load_coco_gt(gt)
+    if isinstance(results, list):
+        return gt_data, validate_coco_results(results, gt_data)
+    return gt_data, load_coco_results(results, gt_data)
+
+
 def evaluate_coco(gt: str | os.PathLike | dict, results: str | os.PathLike | list[dict],
                   iou_types: Sequence[str] = IOU_TYPES, *, img_ids: Iterable[int] | None = None,
                   verbose: bool = False) -> dict[str, dict[str, float]]:
@@ -143,11 +152,7 @@ def evaluate_coco(gt: str | os.PathLike | dict, results: str | os.PathLike | lis
     `img_ids` restricts evaluation to those images (default: every GT image, so images
     without any result count as misses). `verbose` shows pycocotools' own output.
     """
-    gt_data = load_coco_gt(gt)
-    if isinstance(results, list):
-        results = validate_coco_results(results, gt_data)
-    else:
-        results = load_coco_results(results, gt_data)
+    gt_data, results = load_gt_and_results(gt, results)
     unknown = [t for t in iou_types if t not in IOU_TYPES]
     if unknown:
         raise ValueError(f"unknown iou type(s) {unknown}; expected some of {IOU_TYPES}")

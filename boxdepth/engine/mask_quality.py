@@ -20,8 +20,8 @@ from __future__ import annotations
 import os
 from collections import defaultdict
 
-from boxdepth.data.results import load_coco_gt, load_coco_results
-from boxdepth.engine.evaluate import _coco_from_dict, _has_mask, _load_res, prepare_gt
+from boxdepth.engine.evaluate import (_coco_from_dict, _has_mask, _load_res, _quiet, load_gt_and_results,
+                                      prepare_gt)
 
 
 def _greedy_box_match(dets: list[dict], gts: list[dict], iou_threshold: float) -> list[tuple[dict, dict]]:
@@ -47,11 +47,11 @@ def matched_mask_quality(gt: dict | str | os.PathLike, results: list[dict] | str
     """Mean mask IoU of box-matched detections and the box recall (see the module doc)."""
     from pycocotools import mask as mask_utils
 
-    gt = load_coco_gt(gt) if not isinstance(gt, dict) else gt
-    results = load_coco_results(results) if not isinstance(results, list) else results
-    coco_gt = _coco_from_dict(prepare_gt(gt))
-    coco_dt = _load_res(coco_gt, [{k: r[k] for k in ("image_id", "category_id", "score", "bbox",
-                                                     "segmentation")} for r in results])
+    gt, results = load_gt_and_results(gt, results)
+    with _quiet(False):  # pycocotools prints while it indexes
+        coco_gt = _coco_from_dict(prepare_gt(gt))
+        coco_dt = _load_res(coco_gt, [{k: r[k] for k in ("image_id", "category_id", "score", "bbox",
+                                                         "segmentation")} for r in results])
     by_key: dict[tuple, list[dict]] = defaultdict(list)
     for d in coco_dt.dataset["annotations"]:
         by_key[d["image_id"], d["category_id"]].append(d)

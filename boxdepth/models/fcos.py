@@ -100,7 +100,6 @@ class FCOSHead(nn.Module):
             out["controller"] = None
         return out
 
-
     def _box_outputs(self) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
         """bbox_pred, ctrness and controller as one convolution over the box tower (their
         weights concatenated, the output split back): the same per-channel sums, but the

@@ -78,6 +78,15 @@ class FrozenBatchNorm2d(nn.Module):
         return module
 
 
+def fold_frozen_bn(weight: torch.Tensor, bias: torch.Tensor | None, bn: FrozenBatchNorm2d
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """A conv's (weight, bias) with a following FrozenBatchNorm2d folded in:
+    bn(conv(x)) = conv'(x) with weight * scale per output channel, bias * scale + shift."""
+    scale, shift = bn.scale_shift()
+    return (weight * scale.view(-1, 1, 1, 1).to(weight.dtype),
+            shift if bias is None else shift + bias * scale)
+
+
 def conv_norm(conv: nn.Conv2d, norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """norm(conv(x)); one convolution with the norm folded into its weights and bias where
     both are fixed (a frozen conv followed by FrozenBatchNorm2d): the frozen stages' maps
@@ -86,9 +95,7 @@ def conv_norm(conv: nn.Conv2d, norm: nn.Module, x: torch.Tensor) -> torch.Tensor
     if not (isinstance(norm, FrozenBatchNorm2d) and not conv.weight.requires_grad
             and (conv.bias is None or not conv.bias.requires_grad)):
         return norm(conv(x))
-    scale, shift = norm.scale_shift()
-    weight = conv.weight * scale.view(-1, 1, 1, 1).to(conv.weight.dtype)
-    bias = shift if conv.bias is None else shift + conv.bias * scale
+    weight, bias = fold_frozen_bn(conv.weight, conv.bias, norm)
     return F.conv2d(x, weight, bias.to(weight.dtype), conv.stride, conv.padding, conv.dilation, conv.groups)
 
 

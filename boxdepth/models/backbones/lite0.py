@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import nn
 
-from boxdepth.models.norm import FrozenBatchNorm2d, freeze_module, get_norm
+from boxdepth.models.norm import FrozenBatchNorm2d, fold_frozen_bn, freeze_module, get_norm
 
 BN_EPS = 1e-3  # TF EfficientNet's batch_norm_epsilon; the weights' statistics assume it
 # (kernel, stride, expand ratio, out channels, repeats) per stage, EfficientNet-B0
@@ -44,10 +44,7 @@ class Conv2dSame(nn.Conv2d):
     def forward(self, x, bn: nn.Module | None = None):
         """conv(x), or bn(conv(x)) computed as one convolution when `bn` is given: a
         FrozenBatchNorm2d after a frozen conv is folded into its weights and bias."""
-        weight, bias = self.weight, None
-        if bn is not None:
-            scale, bias = bn.scale_shift()
-            weight = weight * scale.view(-1, 1, 1, 1).to(weight.dtype)
+        weight, bias = (self.weight, None) if bn is None else fold_frozen_bn(self.weight, None, bn)
         pads = []
         for size, k, s in zip(reversed(x.shape[-2:]), reversed(self.kernel_size),
                               reversed(self.stride)):
