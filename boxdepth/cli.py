@@ -190,7 +190,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     out = args.out or Path("runs/demo-full" if args.full else "runs/demo")
     run_demo(out_dir=out, seeds=args.seeds, variants=args.variants, extra=args.overrides,
-             progress=not args.quiet, full=args.full)
+             progress=not args.quiet, full=args.full, jobs=args.jobs)
     return 0
 
 

@@ -212,6 +212,16 @@ def _add_convert(sub) -> None:
                    help="check that every image exists under this leftImg8bit folder")
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
 def _add_demo(sub) -> None:
     s = sub.add_parser("demo", help="the main job on the embedded synthetic dataset")
     s.add_argument("--out", type=Path, default=None,
@@ -229,6 +239,9 @@ def _add_demo(sub) -> None:
                         f"all: {' '.join(VARIANTS)})")
     s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override for every variant, e.g. --set solver.max_iter=200")
+    s.add_argument("--jobs", type=_positive_int, default=None, metavar="N",
+                   help="runs trained at once, the CPU cores shared out between them (default: "
+                        "one per core on a CPU, one at a time on a GPU; 1: one after the other)")
     s.add_argument("--quiet", action="store_true", help="no progress bars")
 
 

@@ -3,7 +3,9 @@
 1. Generate (or reuse) the synthetic dataset under ``<out>/data``.
 2. Train each variant with the same budget (config `synth_boxinst` + the variant's
    overrides) in ``<out>/<variant>_seed<S>/``; an interrupted demo picks up where it
-   stopped (each run resumes from its last checkpoint).
+   stopped (each run resumes from its last checkpoint). On a multi-core CPU the runs go
+   side by side, one worker process each with its share of the cores and its output in
+   ``<out>/<variant>_seed<S>.log`` (engine/parallel_runs.py; `--jobs 1`: one after the other).
 3. Evaluate on the val split (bbox and segm AP), also scoring the BoxInst model's detected
    boxes filled as masks (`box_as_mask`), the reference a real mask must beat.
 4. Print one table, write ``<out>/results.json`` and ``<out>/panel.png``.
@@ -22,6 +24,7 @@ import sys
 import time
 from pathlib import Path
 
+from boxdepth.demo_timing import DISTILL_COST_PRIOR, DemoClock, run_timing  # noqa: F401 (re-exported)
 from boxdepth.engine.machine import machine_info
 from boxdepth.fileio import atomic_write_json, atomic_write_text
 
@@ -80,8 +83,10 @@ VARIANTS.update({
     "boxinst+dg+edge+distill_clean": [*VARIANTS["boxinst+dg+distill_match"], _EDGE, _CLEAN],
 })
 FULL_METHOD = "distill_match"  # the paper's full method: L_cons + DG head + self-distillation
-# `boxdepth demo` (the newcomer's ~10 minutes): BoxInst, the full method, the upper bound
-DEFAULT_VARIANTS = ["boxinst", FULL_METHOD, "mask_supervised"]
+# `boxdepth demo` (a newcomer's first quarter hour): BoxInst and the full method, side by
+# side on a multi-core CPU. The mask-supervised upper bound (`--variants ... mask_supervised`)
+# would make it a third run: 22.5 min on the slow host of 2026-12-07 with three in a row
+DEFAULT_VARIANTS = ["boxinst", FULL_METHOD]
 DEFAULT_SEEDS = 1
 # the quick demo's budget: the most that keeps `make demo` within 15 minutes on the slower
 # host CPU our 2-core VM lands on (500 took 19 min 43 s there, 13 min on the faster one);
@@ -103,8 +108,6 @@ FULL_BUDGET = 1000
 # rows computed from another variant's model: name -> (source variant, evaluation option)
 DERIVED = {"box_as_mask": "boxinst"}
 METRIC_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
-# a distillation iteration's cost in plain iterations, until a run of this demo measures it
-DISTILL_COST_PRIOR = 1.6
 
 
 def scaled_schedule(budget: int, base_warmup: int = 50) -> list[str]:
@@ -202,33 +205,6 @@ def train_and_evaluate(name: str, data_dir: Path, out_dir: Path, seed: int, extr
     return rows
 
 
-def run_timing(run_dir: Path, distill_start: int | None = None) -> dict:
-    """Training time of a run from its metrics.jsonl (mean step times per logged window):
-    {"train_seconds", "s_per_iter" (median window)}; with `distill_start` also the median
-    s/iter before and after the teacher appears and their ratio, measured in the same run
-    (machines drift between runs; a ratio within one run is the fair comparison)."""
-    from boxdepth.engine.logging import read_metrics
-
-    rows = [r for r in read_metrics(run_dir / "metrics.jsonl") if "time_step" in r]  # not eval rows
-    logs = sorted({r["iter"]: r for r in rows}.values(),
-                  key=lambda r: r["iter"])  # a resumed run may log a window twice: keep the last
-    seconds, prev = 0.0, 0
-    for r in logs:
-        seconds += (r["time_data"] + r["time_step"]) * (r["iter"] - prev)
-        prev = r["iter"]
-    out = {"train_seconds": round(seconds, 1),
-           "s_per_iter": statistics.median(r["time_step"] for r in logs)}
-    if distill_start is not None:
-        # the window logged at iteration i covers iterations i - period .. i - 1 (0-based)
-        plain = [r["time_step"] for r in logs if r["iter"] <= distill_start]
-        distill = [r["time_step"] for r in logs if r["iter"] > distill_start]
-        if plain and distill:
-            out.update(s_per_iter_plain=statistics.median(plain),
-                       s_per_iter_distill=statistics.median(distill))
-            out["distill_cost_ratio"] = out["s_per_iter_distill"] / out["s_per_iter_plain"]
-    return out
-
-
 def write_depth_panels(out_dir: Path, data_dir: Path, variant: str, num_images: int = 3) -> None:
     """`boxdepth viz` panels (image | pseudo depth | colour / depth affinity | masks | instance
     depth [| pseudo masks of the val boxes, for a distillation variant]) of a few val images
@@ -288,49 +264,47 @@ def format_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
-class DemoClock:
-    """The whole demo's ETA: seconds per plain training iteration measured on the runs this
-    invocation trained (evaluation included), a distillation iteration counted as
-    DISTILL_COST_PRIOR plain ones until a run measures the ratio."""
+def train_plan(plan: list[tuple[str, int]], clock: DemoClock, data_dir: Path, out_dir: Path,
+               extra: list[str], progress: bool, jobs: int | None) -> list[dict]:
+    """Train and evaluate every (variant, seed) of the plan; rows in plan order. One run at a
+    time prints a line with the demo's ETA before each; several at once (a multi-core CPU)
+    start the longest first and show one progress bar per run."""
+    from boxdepth.engine.dist import resolve_device
+    from boxdepth.engine.parallel_runs import Task, run_parallel, worker_plan
 
-    def __init__(self, plan: list[tuple[str, int]], configs: dict, t0: float | None = None):
-        self.plan, self.configs, self.t0 = plan, configs, time.time() if t0 is None else t0
-        self.distill_cost, self.measured_s, self.measured_units = DISTILL_COST_PRIOR, 0.0, 0.0
-
-    def units(self, name: str) -> float:
-        cfg = self.configs[name]
-        n = int(cfg.solver.max_iter)
-        extra = max(n - int(cfg.distill.start_iter), 0) if cfg.distill.enabled else 0
-        return n + extra * (self.distill_cost - 1.0)
-
-    def finished(self, name: str, seconds: float, trained: bool, rows: list[dict]) -> None:
-        ratio = rows[0].get("distill_cost_ratio") if rows else None
-        if ratio:
-            self.distill_cost = ratio
-        if trained:
-            self.measured_s, self.measured_units = self.measured_s + seconds, self.measured_units + self.units(name)
-
-    def line(self, k: int) -> str:
-        """Progress line before run k (0-based) of the plan."""
-        name, seed = self.plan[k]
-        elapsed = time.time() - self.t0
-        head = f"[demo {k + 1}/{len(self.plan)}] {name} (seed {seed}); elapsed {_mmss(elapsed)}"
-        if not self.measured_units:
-            return head + ", ETA after the first trained run"
-        left = sum(self.units(n) for n, _ in self.plan[k:]) * self.measured_s / self.measured_units
-        return head + f", ETA {_mmss(left)} (done at ~{_mmss(elapsed + left)})"
-
-
-def _mmss(seconds: float) -> str:
-    return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
+    device = resolve_device(clock.configs[plan[0][0]].device)
+    jobs, threads = worker_plan(len(plan), device, jobs)
+    if jobs == 1:
+        rows = []
+        for k, (name, seed) in enumerate(plan):
+            print(clock.line(k), flush=True)
+            trained = not (run_dir_of(out_dir, name, seed) / "model_final.pth").exists()
+            t_run = time.time()
+            new = train_and_evaluate(name, data_dir, out_dir, seed, extra, progress)
+            clock.finished(name, time.time() - t_run, trained, new)
+            rows += new
+        return rows
+    order = sorted(range(len(plan)), key=lambda k: -clock.units(plan[k][0]))  # longest first
+    tasks = [Task(label=f"{name} (seed {seed})", fn=train_and_evaluate,
+                  kwargs=dict(name=name, data_dir=data_dir, out_dir=out_dir, seed=seed, extra=list(extra),
+                              progress=False),
+                  run_dir=run_dir_of(out_dir, name, seed), total=int(clock.configs[name].solver.max_iter))
+             for name, seed in (plan[k] for k in order)]
+    print(f"[demo] {len(plan)} runs, {jobs} at a time with {threads} thread(s) each "
+          f"({jobs * threads} cores; --jobs 1 runs them one after the other); each run's log: "
+          f"{out_dir}/<variant>_seed<S>.log", flush=True)
+    results = run_parallel(tasks, jobs, threads, progress)
+    by_plan = dict(zip(order, results))
+    return [row for k in range(len(plan)) for row in by_plan[k]]
 
 
 def run_demo(out_dir: str | Path = "runs/demo", *, seeds: int | None = None, variants: list[str] | None = None,
              extra: list[str] = (), progress: bool = True, data: dict | None = None,
-             full: bool = False) -> dict:
+             full: bool = False, jobs: int | None = None) -> dict:
     """The whole demo; returns the results.json content: DEFAULT_VARIANTS x DEFAULT_SEEDS at
     QUICK_BUDGET iterations, or with `full` FULL_VARIANTS x FULL_SEEDS at FULL_BUDGET (the
-    config's schedule scaled), unless variants/seeds are given; `extra` overrides follow."""
+    config's schedule scaled), unless variants/seeds are given; `extra` overrides follow. `jobs`: runs at once
+    (engine/parallel_runs.worker_plan; default: one per CPU core, one at a time on a GPU)."""
     from boxdepth.data.synthetic import format_summary
 
     t0 = time.time()
@@ -348,14 +322,7 @@ def run_demo(out_dir: str | Path = "runs/demo", *, seeds: int | None = None, var
                           name=exact_depth_dir(data_dir).name)
     plan = [(name, seed) for seed in range(seeds) for name in names]
     clock = DemoClock(plan, {n: variant_config(n, data_dir, 0, extra) for n in names}, t0)
-    rows = []
-    for k, (name, seed) in enumerate(plan):
-        print(clock.line(k), flush=True)
-        trained = not (run_dir_of(out_dir, name, seed) / "model_final.pth").exists()
-        t_run = time.time()
-        new = train_and_evaluate(name, data_dir, out_dir, seed, extra, progress)
-        clock.finished(name, time.time() - t_run, trained, new)
-        rows += new
+    rows = train_plan(plan, clock, data_dir, out_dir, extra, progress, jobs)
     table = summarize(rows)
     result = {"command": shlex.join(["boxdepth", *sys.argv[1:]]) if sys.argv else "boxdepth demo",
               "seconds": round(time.time() - t0, 1),  # this invocation (finished runs are reused)

@@ -34,13 +34,15 @@ def test_demo_writes_results_table_and_panel(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(demo, "DEMO_DATA", dict(n_train=6, n_val=3, size=(96, 64), seed=1,
                                                 camouflage=0.3, depth_error=1.0))
     args = ["demo", "--out", str(tmp_path), "--quiet", "--variants", "boxinst", "mask_supervised",
-            "--seeds", "1"]
+            "--seeds", "1", "--jobs", "1"]
     for o in TINY_DEMO:
         args += ["--set", o]
     assert main(args) == 0
     out = capsys.readouterr().out
     for name in ("boxinst", "mask_supervised", "box_as_mask"):
         assert name in out
+    # --jobs 1: one run after the other, a line with the demo's ETA before each
+    assert "[demo 1/2] boxinst (seed 0); elapsed " in out and "[demo 2/2] mask_supervised (seed 0)" in out
     res = json.loads((tmp_path / "results.json").read_text())
     assert res["command"].startswith("boxdepth") and res["seconds"] > 0
     assert res["machine"]["cpu_count"] >= 1 and res["machine"]["torch"] == torch.__version__
@@ -108,7 +110,10 @@ def test_demo_default_is_the_quick_comparison_and_full_is_table_3():
 
     args = parse_cli(["demo"])
     assert args.seeds is None and args.variants is None and not args.full
-    assert demo.DEFAULT_VARIANTS == ["boxinst", "distill_match", "mask_supervised"]
+    assert demo.DEFAULT_VARIANTS == ["boxinst", "distill_match"]
+    assert args.jobs is None and parse_cli(["demo", "--jobs", "1"]).jobs == 1
+    with pytest.raises(SystemExit):
+        parse_cli(["demo", "--jobs", "0"])
     assert demo.DEFAULT_SEEDS == 1 and demo.FULL_SEEDS >= 3
     assert set(demo.FULL_VARIANTS) == set(demo.VARIANTS)
     assert parse_cli(["demo", "--full"]).full
@@ -203,21 +208,28 @@ def test_demo_distillation_rows_report_their_extra_cost(tmp_path, monkeypatch, c
     assert panel.width >= 7 * 96  # image, depth, 2 affinities, masks, instance depth, pseudo masks
 
 
-def test_demo_quick_default_runs_boxinst_full_method_and_upper_bound(tmp_path, monkeypatch, capsys):
+def test_demo_quick_default_trains_boxinst_and_the_full_method_side_by_side(tmp_path, monkeypatch, capsys):
     args = _tiny_demo(monkeypatch, tmp_path, 4, [], [
         "log.period=1", "solver.max_iter=3", "distill.start_iter=1", "distill.teacher_size=64",
         "distill.teacher_max_size=128"])
     args.remove("--variants")
-    assert main(args) == 0
+    assert main(args + ["--jobs", "2"]) == 0
     out = capsys.readouterr().out
-    for k, name in enumerate(["boxinst", "distill_match", "mask_supervised"]):
-        assert f"[demo {k + 1}/3] {name} (seed 0); elapsed " in out
-    assert "ETA after the first trained run" in out and "ETA " in out.split("[demo 2/3]")[1]
+    assert "[demo] 2 runs, 2 at a time with " in out
     res = json.loads((tmp_path / "results.json").read_text())
-    assert [r["variant"] for r in res["rows"]] == ["boxinst", "box_as_mask", "distill_match",
-                                                   "mask_supervised"]
+    # rows in table order although the longer run (distillation) started first
+    assert [r["variant"] for r in res["rows"]] == ["boxinst", "box_as_mask", "distill_match"]
     assert "distill_cost_ratio" in res["rows"][2]
+    for name in ("boxinst", "distill_match"):  # each worker's output went to the run's log
+        assert f"[demo] {name} (seed 0): training 3 iterations" in (tmp_path / f"{name}_seed0.log").read_text()
+        assert (tmp_path / f"{name}_seed0" / "model_final.pth").exists()
     assert (tmp_path / "panel.png").exists() and (tmp_path / "depth_panels").is_dir()
+    # the same demo again, one run after the other: finished runs are reused, same table
+    stamp = (tmp_path / "boxinst_seed0" / "model_final.pth").stat().st_mtime_ns
+    assert main(args + ["--jobs", "1"]) == 0
+    assert (tmp_path / "boxinst_seed0" / "model_final.pth").stat().st_mtime_ns == stamp
+    again = json.loads((tmp_path / "results.json").read_text())
+    assert [r["segm"] for r in again["rows"]] == [r["segm"] for r in res["rows"]]
 
 
 def test_designed_depth_term_variants():
