@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from boxdepth.engine.parallel_runs import Task, _last_iter, run_parallel, worker_plan
 
@@ -39,6 +40,8 @@ def test_worker_plan_shares_the_cores_and_keeps_gpus_sequential():
     assert worker_plan(1, "cpu", cores=8) == (1, 8)
     assert worker_plan(3, "cpu", cores=1) == (1, 1)
     assert worker_plan(3, "cuda", cores=16) == (1, 16)
+    assert worker_plan(2, torch.device("cpu"), cores=2) == (2, 1)      # as resolve_device returns it
+    assert worker_plan(2, torch.device("cuda", 0), cores=2) == (1, 2)
     assert worker_plan(3, "cpu", jobs=1, cores=2) == (1, 2)      # --jobs 1: one after the other
     assert worker_plan(2, "cpu", jobs=8, cores=4) == (2, 2)      # never more workers than runs
 

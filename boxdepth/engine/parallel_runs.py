@@ -52,13 +52,14 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-def worker_plan(n_runs: int, device: str, jobs: int | None = None, cores: int | None = None) -> tuple[int, int]:
-    """(runs at once, threads per run). Auto (`jobs=None`): one run at a time on a GPU or on
-    one core, else up to one run per core with the cores shared out; `jobs=1` is the old
-    sequential behaviour (every thread to one run)."""
+def worker_plan(n_runs: int, device, jobs: int | None = None, cores: int | None = None) -> tuple[int, int]:
+    """(runs at once, threads per run) for `device` ("cpu", "cuda:0" or a torch.device). Auto
+    (`jobs=None`): one run at a time on a GPU or on one core, else up to one run per core with
+    the cores shared out; `jobs=1` is the old sequential behaviour (every thread to one run)."""
     cores = cores or available_cores()
+    on_cpu = getattr(device, "type", str(device).split(":")[0]) == "cpu"
     if jobs is None:
-        jobs = 1 if (device != "cpu" or cores < 2) else min(n_runs, cores)
+        jobs = min(n_runs, cores) if on_cpu and cores >= 2 else 1
     jobs = max(1, min(jobs, max(n_runs, 1)))
     return jobs, max(1, cores // jobs)
 
