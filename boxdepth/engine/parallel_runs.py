@@ -46,10 +46,11 @@ class Task:
 
 
 def available_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+    """The cores a run may use: torch's thread count, which follows OMP_NUM_THREADS and
+    otherwise the physical cores this process may run on; one run at a time would get them all."""
+    import torch
+
+    return max(1, torch.get_num_threads())
 
 
 def worker_plan(n_runs: int, device, jobs: int | None = None, cores: int | None = None) -> tuple[int, int]:
