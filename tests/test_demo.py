@@ -214,7 +214,7 @@ def test_demo_quick_default_trains_boxinst_and_the_full_method_side_by_side(tmp_
         "distill.teacher_max_size=128"])
     args.remove("--variants")
     import boxdepth.engine.parallel_runs as parallel_runs
-    monkeypatch.setattr(parallel_runs, "available_cores", lambda: 2)  # the default on a 2-core CPU
+    monkeypatch.setattr(parallel_runs, "thread_budget", lambda: 2)  # the default on a 2-core CPU
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "[demo] 2 runs, 2 at a time with 1 thread(s) each" in out

@@ -83,13 +83,13 @@ def test_run_parallel_failure_names_the_run_and_its_log_and_stops_the_others(tmp
     assert not (slow / "finished").exists()
 
 
-def test_available_cores_follow_torch_threads_so_omp_num_threads_limits_them():
-    from boxdepth.engine.parallel_runs import available_cores
+def test_thread_budget_follows_torch_threads_so_omp_num_threads_limits_them():
+    from boxdepth.engine.parallel_runs import thread_budget
 
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        assert available_cores() == 1
+        assert thread_budget() == 1
         assert worker_plan(2, "cpu") == (1, 1)  # one core: one run at a time
     finally:
         torch.set_num_threads(before)

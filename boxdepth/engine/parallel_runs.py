@@ -23,7 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -39,13 +39,12 @@ class Task:
     run_dir: Path
     total: int                       # training iterations, for the progress bar
     log: Path | None = None          # default <run_dir>.log
-    result_path: Path = field(default=None, repr=False)
 
     def log_path(self) -> Path:
         return Path(self.log) if self.log else Path(str(self.run_dir) + ".log")
 
 
-def available_cores() -> int:
+def thread_budget() -> int:
     """The cores a run may use: torch's thread count, which follows OMP_NUM_THREADS and
     otherwise the physical cores this process may run on; one run at a time would get them all."""
     import torch
@@ -57,7 +56,7 @@ def worker_plan(n_runs: int, device, jobs: int | None = None, cores: int | None 
     """(runs at once, threads per run) for `device` ("cpu", "cuda:0" or a torch.device). Auto
     (`jobs=None`): one run at a time on a GPU or on one core, else up to one run per core with
     the cores shared out; `jobs=1` is the old sequential behaviour (every thread to one run)."""
-    cores = cores or available_cores()
+    cores = cores or thread_budget()
     on_cpu = getattr(device, "type", str(device).split(":")[0]) == "cpu"
     if jobs is None:
         jobs = min(n_runs, cores) if on_cpu and cores >= 2 else 1
@@ -85,9 +84,9 @@ def _worker(task_path: str) -> int:
     return 0
 
 
-def _start(task: Task, task_path: Path, threads: int) -> subprocess.Popen:
+def _start(task: Task, task_path: Path, result_path: Path, threads: int) -> subprocess.Popen:
     with open(task_path, "wb") as f:
-        pickle.dump((list(sys.path), pickle.dumps((task.fn, task.kwargs, threads, str(task.result_path)))), f)
+        pickle.dump((list(sys.path), pickle.dumps((task.fn, task.kwargs, threads, str(result_path)))), f)
     task.log_path().parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}  # OpenMP's pool sized from the start
     with open(task.log_path(), "ab") as log:
@@ -96,23 +95,15 @@ def _start(task: Task, task_path: Path, threads: int) -> subprocess.Popen:
 
 
 def _last_iter(run_dir: Path) -> int:
-    path = Path(run_dir) / "metrics.jsonl"
+    """The last training iteration the run has logged (0 before its first log)."""
+    from boxdepth.engine.logging import read_metrics
+
     try:
-        with open(path, "rb") as f:
-            f.seek(max(0, path.stat().st_size - 4096))
-            tail = f.read().decode("utf-8", "replace").splitlines()
+        rows = read_metrics(Path(run_dir) / "metrics.jsonl")
     except OSError:
         return 0
-    import json
-
-    for line in reversed(tail):
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line cut by the seek, or torn by a crash
-        if "time_step" in row:  # a training window, not an evaluation row
-            return int(row["iter"])
-    return 0
+    windows = [r for r in rows if "time_step" in r]  # training windows, not evaluation rows
+    return int(windows[-1]["iter"]) if windows else 0
 
 
 def _tail(path: Path, n: int = LOG_TAIL_LINES) -> str:
@@ -128,8 +119,7 @@ def run_parallel(tasks: list[Task], jobs: int, threads: int, progress: bool = Tr
     from tqdm import tqdm
 
     tmp = Path(tempfile.mkdtemp(prefix="boxdepth-runs-"))
-    for i, t in enumerate(tasks):
-        t.result_path = tmp / f"result_{i}.pkl"
+    result_paths = [tmp / f"result_{i}.pkl" for i in range(len(tasks))]
     bars = {i: tqdm(total=t.total, desc=t.label, position=i, leave=True, disable=not progress,
                     unit="it", dynamic_ncols=True) for i, t in enumerate(tasks)}
     waiting, running, results = list(range(len(tasks))), {}, {}
@@ -137,7 +127,7 @@ def run_parallel(tasks: list[Task], jobs: int, threads: int, progress: bool = Tr
         while waiting or running:
             while waiting and len(running) < jobs:
                 i = waiting.pop(0)
-                running[i] = _start(tasks[i], tmp / f"task_{i}.pkl", threads)
+                running[i] = _start(tasks[i], tmp / f"task_{i}.pkl", result_paths[i], threads)
             time.sleep(POLL_S)
             for i, p in list(running.items()):
                 bar = bars[i]
@@ -145,13 +135,13 @@ def run_parallel(tasks: list[Task], jobs: int, threads: int, progress: bool = Tr
                 if p.poll() is None:
                     continue
                 del running[i]
-                if p.returncode != 0 or not tasks[i].result_path.exists():
+                if p.returncode != 0 or not result_paths[i].exists():
                     raise RuntimeError(f"{tasks[i].label}: the run failed (exit code {p.returncode}); "
                                        f"its log {tasks[i].log_path()} ends with:\n"
                                        f"{_tail(tasks[i].log_path())}")
                 bar.update(bar.total - bar.n)
                 bar.set_postfix_str("done")
-                with open(tasks[i].result_path, "rb") as f:
+                with open(result_paths[i], "rb") as f:
                     results[i] = pickle.load(f)
     finally:
         for p in running.values():  # a failure or Ctrl-C: the others resume from a checkpoint
