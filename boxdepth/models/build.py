@@ -3,7 +3,7 @@
 Keys read: model.backbone.{name, norm, freeze_at, weights, width, channels_last,
 channels_last_train}, model.fpn.out_channels,
 model.fcos.*, model.mask_branch.*, model.mask_head.*, model.depth_head,
-model.mask_threshold, input.{pixel_mean, pixel_std, format, size_divisibility}.
+model.mask_threshold, model.winograd, input.{pixel_mean, pixel_std, format, size_divisibility}.
 """
 from __future__ import annotations
 
@@ -50,4 +50,4 @@ def build_model(cfg, *, load_backbone_weights: bool = True) -> CondInst:
                     pre_nms_topk=fc.pre_nms_topk, nms_th=fc.nms_th, post_nms_topk=fc.post_nms_topk,
                     mask_threshold=m.mask_threshold, channels_last_backbone=bool(bb.channels_last),
                     channels_last_train=bb.channels_last_train,
-                    size_divisibility=cfg.input.size_divisibility)
+                    size_divisibility=cfg.input.size_divisibility, winograd=bool(m.winograd))

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from boxdepth.models.fcos import compute_locations, decode_detections, flatten_levels
+from boxdepth.models.fast_conv import winograd_convs
 from boxdepth.models.layout import check_channels_last_train, trainable_convs_nchw
 from boxdepth.models.paste import MaskPaster
 from boxdepth.ops.boxes import clip_boxes
@@ -83,7 +84,7 @@ class CondInst(nn.Module):
                  inference_th: float = 0.05, pre_nms_topk: int = 1000, nms_th: float = 0.6,
                  post_nms_topk: int = 100, mask_threshold: float = 0.5,
                  channels_last_backbone: bool = False, channels_last_train: str = "all",
-                 size_divisibility: int = SIZE_DIVISIBILITY):
+                 size_divisibility: int = SIZE_DIVISIBILITY, winograd: bool = False):
         super().__init__()
         if input_format not in ("RGB", "BGR"):
             raise ValueError(f"CondInst: input_format must be RGB or BGR, got {input_format!r}")
@@ -108,6 +109,10 @@ class CondInst(nn.Module):
             self.backbone.to(memory_format=torch.channels_last)
             if check_channels_last_train(channels_last_train) == "frozen":
                 trainable_convs_nchw(self.backbone)
+        # wide 3x3 convs by Winograd F(2x2, 3x3) on the CPU (models/fast_conv.py); float rounding only
+        self.winograd_convs = winograd_convs(self) if winograd else 0
+        if winograd and hasattr(fcos_head, "enable_winograd"):
+            self.winograd_convs += int(fcos_head.enable_winograd())
         self.mask_feat_stride = getattr(mask_branch, "out_stride", 8)
         self.mask_out_stride = mask_head.mask_out_stride
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(1, 3, 1, 1), False)

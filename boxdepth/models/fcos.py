@@ -22,9 +22,9 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from boxdepth.models.fast_conv import MIN_CHANNELS, MIN_PIXELS, conv3x3
 from boxdepth.models.norm import get_norm
 from boxdepth.ops.boxes import batched_nms
 
@@ -92,13 +92,25 @@ class FCOSHead(nn.Module):
             cls_t = self.cls_tower(x)
             box_t = self.bbox_tower(x)
             out["cls_logits"].append(self.cls_logits(cls_t))
-            reg, ctr, *controller = torch.split(F.conv2d(box_t, weight, bias, padding=1), splits, dim=1)
+            reg, ctr, *controller = torch.split(conv3x3(box_t, weight, bias, self.box_outputs_winograd),
+                                                splits, dim=1)
             out["bbox_reg"].append(torch.relu(self.scales[level](reg)))
             out["ctrness"].append(ctr)
             out["controller"] += controller
         if self.controller is None:
             out["controller"] = None
         return out
+
+    # min_pixels for the fused box-output conv's Winograd path (models/fast_conv.py); None: F.conv2d
+    box_outputs_winograd: int | None = None
+
+    def enable_winograd(self, *, min_channels: int = MIN_CHANNELS, min_pixels: int = MIN_PIXELS) -> bool:
+        """The fused box-output conv's share of `model.winograd` (its weight is assembled
+        in each forward, so fast_conv.winograd_convs cannot swap it); True if it is wide enough."""
+        _, _, splits = self._box_outputs()
+        wide = min(self.bbox_pred.in_channels, sum(splits)) >= min_channels
+        self.box_outputs_winograd = int(min_pixels) if wide else None
+        return wide
 
     def _box_outputs(self) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
         """bbox_pred, ctrness and controller as one convolution over the box tower (their
