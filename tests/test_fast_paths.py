@@ -151,9 +151,9 @@ def test_build_model_reads_channels_last_train_and_refuses_other_values():
     from boxdepth.config import load_config
     from boxdepth.models.build import build_model
     base = ["model.backbone.name=resnet18", "model.backbone.weights=null", "model.fcos.num_classes=2"]
-    model = build_model(load_config(None, base))
+    model = build_model(load_config(None, base))  # default: all NHWC (with model.winograd)
+    assert _is_cl(model.backbone.conv1.weight) and _is_cl(model.backbone.layer3[0].conv1.weight)
+    model = build_model(load_config(None, base + ["model.backbone.channels_last_train=frozen"]))
     assert _is_cl(model.backbone.conv1.weight) and model.backbone.layer3[0].conv1.weight.is_contiguous()
-    model = build_model(load_config(None, base + ["model.backbone.channels_last_train=all"]))
-    assert _is_cl(model.backbone.layer3[0].conv1.weight)
     with pytest.raises(ValueError, match="model.backbone.channels_last_train"):
         build_model(load_config(None, base + ["model.backbone.channels_last_train=some"]))

@@ -36,7 +36,7 @@ TEMP_FILE_RE = re.compile(r"^\.(config\.yaml|metrics\.json|results\.json|model_(
                           r"\.tmp-.+$")
 # model.* keys that do not change the network's parameters: they may differ on resume
 MODEL_KEYS_FREE_ON_RESUME = ("model.backbone.weights", "model.backbone.channels_last",
-                             "model.backbone.channels_last_train",
+                             "model.backbone.channels_last_train", "model.winograd",
                              "model.mask_threshold", "model.fcos.inference_th",
                              "model.fcos.pre_nms_topk", "model.fcos.nms_th",
                              "model.fcos.post_nms_topk")

@@ -24,7 +24,7 @@ from torch import nn
 from boxdepth.ops.winograd import winograd_conv3x3
 
 MIN_CHANNELS = 192
-MIN_PIXELS = 1024
+MIN_PIXELS = 768
 
 
 def _winograd_applies(x: torch.Tensor, weight: torch.Tensor, min_pixels: int | None) -> bool:
@@ -55,16 +55,18 @@ class WinogradConv2d(nn.Conv2d):
         return super().forward(x)
 
 
-def eligible(conv: nn.Module, min_channels: int = MIN_CHANNELS) -> bool:
+def eligible(conv: nn.Module, min_channels: int | None = None) -> bool:
+    min_channels = MIN_CHANNELS if min_channels is None else min_channels
     return (type(conv) is nn.Conv2d and conv.kernel_size == (3, 3) and conv.stride == (1, 1)
             and conv.padding == (1, 1) and conv.dilation == (1, 1) and conv.groups == 1
             and conv.padding_mode == "zeros"
             and min(conv.in_channels, conv.out_channels) >= min_channels)
 
 
-def winograd_convs(module: nn.Module, *, min_channels: int = MIN_CHANNELS,
-                   min_pixels: int = MIN_PIXELS) -> int:
+def winograd_convs(module: nn.Module, *, min_channels: int | None = None,
+                   min_pixels: int | None = None) -> int:
     """Swap every eligible Conv2d of `module` to WinogradConv2d; returns how many."""
+    min_pixels = MIN_PIXELS if min_pixels is None else min_pixels
     n = 0
     for m in module.modules():
         if eligible(m, min_channels):

@@ -24,7 +24,8 @@ import math
 import torch
 from torch import nn
 
-from boxdepth.models.fast_conv import MIN_CHANNELS, MIN_PIXELS, conv3x3
+from boxdepth.models import fast_conv
+from boxdepth.models.fast_conv import conv3x3
 from boxdepth.models.norm import get_norm
 from boxdepth.ops.boxes import batched_nms
 
@@ -104,12 +105,12 @@ class FCOSHead(nn.Module):
     # min_pixels for the fused box-output conv's Winograd path (models/fast_conv.py); None: F.conv2d
     box_outputs_winograd: int | None = None
 
-    def enable_winograd(self, *, min_channels: int = MIN_CHANNELS, min_pixels: int = MIN_PIXELS) -> bool:
+    def enable_winograd(self, *, min_channels: int | None = None, min_pixels: int | None = None) -> bool:
         """The fused box-output conv's share of `model.winograd` (its weight is assembled
         in each forward, so fast_conv.winograd_convs cannot swap it); True if it is wide enough."""
         _, _, splits = self._box_outputs()
-        wide = min(self.bbox_pred.in_channels, sum(splits)) >= min_channels
-        self.box_outputs_winograd = int(min_pixels) if wide else None
+        wide = min(self.bbox_pred.in_channels, sum(splits)) >= (min_channels or fast_conv.MIN_CHANNELS)
+        self.box_outputs_winograd = int(min_pixels or fast_conv.MIN_PIXELS) if wide else None
         return wide
 
     def _box_outputs(self) -> tuple[torch.Tensor, torch.Tensor, list[int]]:

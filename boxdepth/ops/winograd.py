@@ -57,9 +57,13 @@ def _weight_from_u(du: torch.Tensor) -> torch.Tensor:
 
 def _padded_nhwc(x: torch.Tensor, th: int, tw: int) -> torch.Tensor:
     """(B, C, H, W) -> (B, 2*th + 2, 2*tw + 2, C): NHWC, one zero row/column of padding
-    before, enough after to fill whole tiles."""
+    before, enough after to fill whole tiles (only the border is zeroed: one pass less)."""
     b, c, h, w = x.shape
-    xp = x.new_zeros(b, 2 * th + 2, 2 * tw + 2, c)
+    xp = x.new_empty(b, 2 * th + 2, 2 * tw + 2, c)
+    xp[:, 0].zero_()
+    xp[:, h + 1:].zero_()
+    xp[:, 1:h + 1, 0].zero_()
+    xp[:, 1:h + 1, w + 1:].zero_()
     xp[:, 1:h + 1, 1:w + 1] = x.permute(0, 2, 3, 1)
     return xp
 
@@ -96,8 +100,9 @@ def _output_tiles(m: torch.Tensor, out: torch.Tensor) -> None:
 
 def _grad_tiles(g: torch.Tensor, r0: int, nr: int, tw: int) -> torch.Tensor:
     """Adjoint of _output_tiles, A dY A^T: output-gradient rows of tiles r0..r0+nr of the
-    NHWC (B, 2*th, 2*tw, O) gradient -> (16, B*nr*tw, O)."""
+    NHWC (B, >= 2*th, >= 2*tw, O) gradient (zero beyond the image) -> (16, B*nr*tw, O)."""
     b, _, _, o = g.shape
+    g = g[:, :, :2 * tw]
     g0, g1 = g[:, 2 * r0:2 * (r0 + nr):2], g[:, 2 * r0 + 1:2 * (r0 + nr):2]  # (B, nr, 2tw, O)
     t = g.new_empty(4, b, nr, 2 * tw, o)
     t[0] = g0
@@ -130,7 +135,8 @@ def _conv_padded(xp: torch.Tensor, u: torch.Tensor, th: int, tw: int) -> torch.T
 
 
 def _weight_grad(xp: torch.Tensor, gp: torch.Tensor, th: int, tw: int) -> torch.Tensor:
-    """dL/dw (O, C, 3, 3) from the padded NHWC input and the (B, 2th, 2tw, O) gradient."""
+    """dL/dw (O, C, 3, 3) from the padded NHWC input and the NHWC gradient (B, >= 2th,
+    >= 2tw, O), zero beyond the image."""
     b, c, o = xp.shape[0], xp.shape[3], gp.shape[3]
     du = xp.new_zeros(16, o, c)
     step = _rows_per_chunk(b, tw)
@@ -158,27 +164,30 @@ class _Winograd3x3(torch.autograd.Function):
         h, w = x.shape[-2:]
         th, tw = _tiles(h, w)
         u = weight_transform(weight)
-        y = _conv_padded(_padded_nhwc(x, th, tw), u.transpose(1, 2), th, tw)
+        xp = _padded_nhwc(x, th, tw)
+        y = _conv_padded(xp, u.transpose(1, 2), th, tw)
         if bias is not None:
             y.add_(bias)
-        ctx.save_for_backward(x, u)
-        ctx.has_bias = bias is not None
+        # the padded NHWC input, not x: the weight gradient reads it again (one copy less)
+        ctx.save_for_backward(xp, u)
+        ctx.has_bias, ctx.hw = bias is not None, (h, w)
         return _to_nchw_view(y, h, w)
 
     @staticmethod
     def backward(ctx, grad_out):
-        x, u = ctx.saved_tensors
-        h, w = x.shape[-2:]
+        xp, u = ctx.saved_tensors
+        h, w = ctx.hw
         th, tw = _tiles(h, w)
         gx = gw = gb = None
+        # padded once: the input gradient's convolution reads it with its border, the
+        # weight gradient from (1, 1) on (zero beyond the image either way)
+        gp = _padded_nhwc(grad_out, th, tw) if any(ctx.needs_input_grad[:2]) else None
         if ctx.needs_input_grad[0]:
             # dL/dx: the same convolution of dL/dy with the weight flipped and transposed
             u_flip = u[list(_CELL_FLIP)]  # (16, O, C): O in, C out
-            gx = _to_nchw_view(_conv_padded(_padded_nhwc(grad_out, th, tw), u_flip, th, tw), h, w)
+            gx = _to_nchw_view(_conv_padded(gp, u_flip, th, tw), h, w)
         if ctx.needs_input_grad[1]:
-            gp = grad_out.new_zeros(grad_out.shape[0], 2 * th, 2 * tw, grad_out.shape[1])
-            gp[:, :h, :w] = grad_out.permute(0, 2, 3, 1)
-            gw = _weight_grad(_padded_nhwc(x, th, tw), gp, th, tw)
+            gw = _weight_grad(xp, gp[:, 1:, 1:], th, tw)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             gb = grad_out.sum(dim=(0, 2, 3))
         return gx, gw, gb
