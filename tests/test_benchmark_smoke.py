@@ -105,3 +105,21 @@ def test_train_step_benchmark_honours_solver_amp_on_the_cpu(tmp_path):
     assert la.keys() == lb.keys()
     assert any(abs(la[k] - lb[k]) > 1e-6 for k in la)
     assert all(abs(la[k] - lb[k]) < 0.05 * max(abs(la[k]), 1.0) for k in la)  # rounding, not a bug
+
+
+def test_winograd_bench_writes_its_table(tmp_path, monkeypatch):
+    """The per-conv part on a tiny shape (the R-50 step part is left out: --step-sizes
+    with no size); the JSON holds both timings and their ratio for each shape."""
+    import json
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import winograd_bench
+    monkeypatch.setattr(winograd_bench, "CONV_SHAPES", [(8, 8, 6, 10)])
+    out = tmp_path / "w.json"
+    winograd_bench.main(["--rounds", "1", "--threads", "1", "--step-sizes", "--json", str(out)])
+    data = json.loads(out.read_text())
+    (row,) = data["convs"]
+    assert row["c_in"] == 8 and row["hw"] == [6, 10] and row["direct_ms"] > 0 and row["winograd_ms"] > 0
+    assert abs(row["speedup"] - row["direct_ms"] / row["winograd_ms"]) < 1e-9
+    assert data["step"] == {} and data["environment"]["torch_threads"] == 1

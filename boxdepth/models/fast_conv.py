@@ -1,6 +1,6 @@
 """Wide 3x3 convolutions by Winograd F(2x2, 3x3) on the CPU (config `model.winograd`).
 
-`winograd_convs(module, min_channels=192, min_pixels=1024)` turns every eligible
+`winograd_convs(module, min_channels=128, min_pixels=768)` turns every eligible
 `nn.Conv2d` of `module` into a `WinogradConv2d` (same parameters, same state dict: only
 the class changes, so deep copies such as the EMA teacher keep it). Eligible: 3x3,
 stride 1, padding 1, dilation 1, one group, zero padding, at least `min_channels` input
@@ -8,9 +8,10 @@ and output channels. At each call it takes the Winograd path (ops/winograd.py) o
 where that was measured faster: a float32 CPU tensor with at least `min_pixels` pixels
 (H*W), no autocast, not while tracing or exporting; everything else runs `F.conv2d`.
 
-Measured (issue 25, benchmarks/README.md; 1 thread, batch 2, forward + backward, CPU
-time): 256 -> 256 channels at 64x88 1.55x faster, 512 -> 512 at 16x22 1.5x, 256 -> 238 at
-64x88 1.17x; 256 -> 256 at 32x44 and 128 -> 128 about even; 64 channels 0.65x (slower).
+Measured (issue 25, benchmarks/README.md, benchmarks/winograd_bench.py; 2 threads, batch
+1, forward + backward): 256 -> 256 channels at 64x88 ~1.5x faster, 512 -> 512 at 25x34
+~1.5x, 256 -> 256 at 32x44 ~1.1x; 128 -> 128 at 64x88 even with NCHW oneDNN and faster
+than its NHWC path (the backbone's layout); maps under ~768 pixels and 64 channels slower.
 
 `conv3x3(x, weight, bias, min_pixels=None)` is the same dispatch for a 3x3 convolution
 whose weight is assembled at run time (FCOSHead's fused box outputs); None = `F.conv2d`.
@@ -23,7 +24,7 @@ from torch import nn
 
 from boxdepth.ops.winograd import winograd_conv3x3
 
-MIN_CHANNELS = 192
+MIN_CHANNELS = 128
 MIN_PIXELS = 768
 
 
