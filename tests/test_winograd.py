@@ -99,8 +99,8 @@ def test_dispatch_takes_the_winograd_path_only_where_it_applies(monkeypatch):
 
 def test_model_winograd_switch_gives_the_same_losses_and_gradients():
     """A small CondInst with 192-channel FPN and towers: `model.winograd=true` swaps the FPN
-    outputs and the towers and routes the fused box outputs, and the losses and every
-    gradient equal the direct convolutions' to float rounding."""
+    outputs and the towers and routes the fused box outputs, and every loss and the FCOS
+    losses' gradients equal the direct convolutions' to float rounding."""
     from boxdepth.config import load_config
     from boxdepth.engine.trainer import build_training
     from tests.test_condinst import TINY, _batch
@@ -122,7 +122,10 @@ def test_model_winograd_switch_gives_the_same_losses_and_gradients():
         batch = {"images": images, "image_mask": mask,
                  "targets": [{**t, "size": (64, 96), "orig_size": (64, 96)} for t in targets]}
         losses = criterion(model(images, mask, targets), batch, iteration=10)
-        sum(losses.values()).backward()
+        # gradients of the FCOS losses only: the mask losses' max-projections pick one pixel
+        # per row/column, and with untrained (nearly flat) masks a rounding-level difference
+        # can pick another one, a discrete change that float rounding does not bound
+        sum(v for k, v in losses.items() if k.startswith("loss_fcos")).backward()
         results.append(({k: v.detach() for k, v in losses.items()},
                         {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
     (l0, g0), (l1, g1) = results
