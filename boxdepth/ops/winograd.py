@@ -8,7 +8,8 @@ pair: the work becomes 16 matrix products (tiles x C_in) @ (C_in x C_out) plus c
 add/subtract transforms. Forward, input gradient and weight gradient all take that form
 (the input gradient is the same convolution with the weight flipped and transposed; the
 weight gradient is the adjoint of the forward's transforms). It pays for wide layers (the
-FCOS towers, FPN outputs, ResNet res4/res5): measured in benchmarks/README.md (issue 25).
+FCOS towers, FPN outputs, ResNet res3-res5) on large enough maps: models/fast_conv.py
+decides where; measured in benchmarks/README.md, "Winograd" (issue 25).
 The results equal `F.conv2d`'s to float rounding (relative error ~3e-6 for 256 channels).
 
     winograd_conv3x3(x (B, C, H, W) float32, weight (O, C, 3, 3), bias (O,) or None)
@@ -16,8 +17,8 @@ The results equal `F.conv2d`'s to float rounding (relative error ~3e-6 for 256 c
     weight_transform(weight (O, C, 3, 3)) -> (16, O, C)   U = G w G^T, one matrix per tile cell
 
 Tiles are processed in chunks of about `CHUNK` tiles so that each chunk's transformed
-input (16 x chunk x C) stays in cache for its matrix products (measured: one product over
-all 2816 tiles of a 64x88 map ran at 42 GFLOP/s, chunks of 512-1024 tiles at 60-70).
+input (16 x chunk x C) stays in cache for its matrix products (measured, 1 thread: one
+product over all 2816 tiles of a 64x88 map ran at 42 GFLOP/s, 512-1024-tile ones at 60-70).
 """
 from __future__ import annotations
 
