@@ -5,8 +5,8 @@ and the whole R-50 training step with `model.winograd` / `channels_last_train` v
         [--step-sizes 512 800] [--step-rounds 6] [--json FILE]
 
 Part 1, per conv: forward + backward (input, weight and bias gradients) of one 3x3 conv,
-batch 1, `F.conv2d` (NCHW input, oneDNN) against `winograd_conv3x3`; median wall ms of
-`--rounds` after one warm-up, the two interleaved. Part 2, per size in `--step-sizes`:
+batch 1, `F.conv2d` (NCHW input, oneDNN) against `winograd_conv3x3`, the two interleaved
+for `--rounds` rounds (each round: one untimed call, then one timed); median wall ms. Part 2, per size in `--step-sizes`:
 the R-50 BoxInst training step (benchmarks/train_step.py's r50 preset and synthetic
 batch, batch 1) of each config variant, all built in one process and stepped in turn,
 `--step-rounds` rounds, median of all but the first. Wall time: run it on a quiet
@@ -38,14 +38,12 @@ STEP_VARIANTS = {
 }
 
 
-def _median_ms(fn, rounds: int) -> float:
+def _warm_then_time_ms(fn) -> float:
+    """One untimed call (caches, allocator), then one timed call, in ms."""
     fn()
-    times = []
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return 1000 * statistics.median(times)
+    t0 = time.perf_counter()
+    fn()
+    return 1000 * (time.perf_counter() - t0)
 
 
 def bench_convs(rounds: int) -> list[dict]:
@@ -64,8 +62,8 @@ def bench_convs(rounds: int) -> list[dict]:
         wino = step(winograd_conv3x3)
         d, wn = [], []
         for _ in range(rounds):  # interleaved, so drift hits both alike
-            d.append(_median_ms(direct, 1))
-            wn.append(_median_ms(wino, 1))
+            d.append(_warm_then_time_ms(direct))
+            wn.append(_warm_then_time_ms(wino))
         row = {"c_in": c, "c_out": o, "hw": [h, w], "direct_ms": statistics.median(d),
                "winograd_ms": statistics.median(wn)}
         row["speedup"] = row["direct_ms"] / row["winograd_ms"]

@@ -51,17 +51,21 @@ class WinogradConv2d(nn.Conv2d):
     winograd_min_pixels: int = MIN_PIXELS
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if _winograd_applies(x, self.weight, self.winograd_min_pixels):
-            return winograd_conv3x3(x, self.weight, self.bias)
-        return super().forward(x)
+        # eligible() admits only 3x3 / stride 1 / zero padding 1 / one group: F.conv2d(padding=1)
+        # is exactly nn.Conv2d's own forward for such a conv
+        return conv3x3(x, self.weight, self.bias, self.winograd_min_pixels)
+
+
+def wide_enough(in_channels: int, out_channels: int, min_channels: int | None = None) -> bool:
+    """The channel rule of the Winograd path (default MIN_CHANNELS, both sides)."""
+    return min(in_channels, out_channels) >= (MIN_CHANNELS if min_channels is None else min_channels)
 
 
 def eligible(conv: nn.Module, min_channels: int | None = None) -> bool:
-    min_channels = MIN_CHANNELS if min_channels is None else min_channels
     return (type(conv) is nn.Conv2d and conv.kernel_size == (3, 3) and conv.stride == (1, 1)
             and conv.padding == (1, 1) and conv.dilation == (1, 1) and conv.groups == 1
             and conv.padding_mode == "zeros"
-            and min(conv.in_channels, conv.out_channels) >= min_channels)
+            and wide_enough(conv.in_channels, conv.out_channels, min_channels))
 
 
 def winograd_convs(module: nn.Module, *, min_channels: int | None = None,

@@ -109,8 +109,9 @@ class FCOSHead(nn.Module):
         """The fused box-output conv's share of `model.winograd` (its weight is assembled
         in each forward, so fast_conv.winograd_convs cannot swap it); True if it is wide enough."""
         _, _, splits = self._box_outputs()
-        wide = min(self.bbox_pred.in_channels, sum(splits)) >= (min_channels or fast_conv.MIN_CHANNELS)
-        self.box_outputs_winograd = int(min_pixels or fast_conv.MIN_PIXELS) if wide else None
+        wide = fast_conv.wide_enough(self.bbox_pred.in_channels, sum(splits), min_channels)
+        min_pixels = fast_conv.MIN_PIXELS if min_pixels is None else min_pixels
+        self.box_outputs_winograd = int(min_pixels) if wide else None
         return wide
 
     def _box_outputs(self) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
