@@ -111,9 +111,11 @@ def test_model_winograd_switch_gives_the_same_losses_and_gradients():
         model, criterion, *_ = build_training(cfg, torch.device("cpu"))
         swapped = [m for m in model.modules() if isinstance(m, WinogradConv2d)]
         assert model.winograd_convs == (len(swapped) + 1 if on else 0)  # + the fused box outputs
-        # FPN outputs (3), both towers' convs (2 x 4) and the controller module (its weight
-        # goes into the fused box outputs) are wide; the 16-channel mask branch is not
-        assert len(swapped) == (3 + 8 + 1 if on else 0)
+        # FPN outputs (3) and both towers' convs (2 x 4) are wide; the controller is too but
+        # only its weight is read (into the fused box outputs), so it stays a plain Conv2d;
+        # the 16-channel mask branch is not wide
+        assert len(swapped) == (3 + 8 if on else 0)
+        assert type(model.fcos_head.controller) is nn.Conv2d
         for m in swapped:  # the test images are small: take the Winograd path at every level
             m.winograd_min_pixels = 1
         if on:

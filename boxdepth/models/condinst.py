@@ -110,7 +110,8 @@ class CondInst(nn.Module):
             if check_channels_last_train(channels_last_train) == "frozen":
                 trainable_convs_nchw(self.backbone)
         # wide 3x3 convs by Winograd F(2x2, 3x3) on the CPU (models/fast_conv.py); float rounding only
-        self.winograd_convs = winograd_convs(self) if winograd else 0
+        fused = tuple(getattr(fcos_head, "fused_output_convs", list)())
+        self.winograd_convs = winograd_convs(self, skip=fused) if winograd else 0
         if winograd and hasattr(fcos_head, "enable_winograd"):
             self.winograd_convs += int(fcos_head.enable_winograd())
         self.mask_feat_stride = getattr(mask_branch, "out_stride", 8)

@@ -69,12 +69,15 @@ def eligible(conv: nn.Module, min_channels: int | None = None) -> bool:
 
 
 def winograd_convs(module: nn.Module, *, min_channels: int | None = None,
-                   min_pixels: int | None = None) -> int:
-    """Swap every eligible Conv2d of `module` to WinogradConv2d; returns how many."""
+                   min_pixels: int | None = None, skip: tuple[nn.Module, ...] = ()) -> int:
+    """Swap every eligible Conv2d of `module` to WinogradConv2d; returns how many. `skip`:
+    convs whose forward never runs (only their weights are read, e.g. FCOSHead's fused
+    box outputs), left as they are."""
     min_pixels = MIN_PIXELS if min_pixels is None else min_pixels
+    skipped = {id(m) for m in skip}
     n = 0
     for m in module.modules():
-        if eligible(m, min_channels):
+        if id(m) not in skipped and eligible(m, min_channels):
             m.__class__ = WinogradConv2d
             m.winograd_min_pixels = int(min_pixels)
             n += 1

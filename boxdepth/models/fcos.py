@@ -114,13 +114,17 @@ class FCOSHead(nn.Module):
         self.box_outputs_winograd = int(min_pixels) if wide else None
         return wide
 
+    def fused_output_convs(self) -> list[nn.Conv2d]:
+        """The box tower's output convs, run as one (`_box_outputs`): their own forwards never run."""
+        return [self.bbox_pred, self.ctrness] + ([self.controller] if self.controller is not None else [])
+
     def _box_outputs(self) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
         """bbox_pred, ctrness and controller as one convolution over the box tower (their
         weights concatenated, the output split back): the same per-channel sums, but the
         4- and 1-channel 3x3 convolutions each cost about as much as a 30-channel one on
         the CPU (memory-bound); one 238-channel conv instead of 233 + 4 + 1 measured
         412 vs 508 ms forward + backward at 64x88 (benchmarks/README.md, issue 25)."""
-        convs = [self.bbox_pred, self.ctrness] + ([self.controller] if self.controller is not None else [])
+        convs = self.fused_output_convs()
         return (torch.cat([c.weight for c in convs]), torch.cat([c.bias for c in convs]),
                 [c.out_channels for c in convs])
 
