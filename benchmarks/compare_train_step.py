@@ -13,7 +13,7 @@ one is timed by the head's script with the base's package on PYTHONPATH. The JSO
 which (`scripts`).
 
     python benchmarks/compare_train_step.py --base 7535ba5 [--head HEAD] [--preset r50]
-        [--sizes 512 800] [--rounds 3] [--iters 5] [--warmup 1] [--threads 2]
+        [--sizes 512 800] [--rounds 5] [--iters 5] [--warmup 1] [--threads 2]
         [--set KEY=VALUE ...] [--work DIR] [--out benchmarks/results/compare_train_step_<date>.json]
 
 A run's step time is train_step.py's median training step (`train.total.median`); per
@@ -98,7 +98,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--head", default="HEAD")
     ap.add_argument("--preset", default="r50", help="train_step.py --preset (default r50)")
     ap.add_argument("--sizes", type=int, nargs="+", default=[512, 800], help="short sides (default 512 800)")
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=5,
+                    help="alternating rounds (default 5: one revision's runs spread 10-20 %% between processes here)")
     ap.add_argument("--iters", type=int, default=5, help="timed iterations per run (default 5)")
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: train_step.py's)")

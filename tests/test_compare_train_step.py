@@ -24,7 +24,7 @@ def _load():
 def test_defaults_and_the_alternating_order():
     ct = _load()
     a = ct.parse_args(["--base", "7535ba5"])
-    assert (a.head, a.preset, a.sizes, a.rounds, a.iters, a.warmup, a.threads) == ("HEAD", "r50", [512, 800], 3, 5, 1, None)
+    assert (a.head, a.preset, a.sizes, a.rounds, a.iters, a.warmup, a.threads) == ("HEAD", "r50", [512, 800], 5, 5, 1, None)
     assert ct.plan([512, 800], 2) == [(0, 512, "base"), (0, 512, "head"), (0, 800, "base"), (0, 800, "head"),
                                       (1, 512, "base"), (1, 512, "head"), (1, 800, "base"), (1, 800, "head")]
     with pytest.raises(SystemExit):
