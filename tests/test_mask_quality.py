@@ -69,3 +69,10 @@ def test_crowd_objects_left_out_and_no_detection():
     gt = _gt([SQUARE, FAR], crowd=(1,))
     q = matched_mask_quality(gt, [])
     assert q == {"mask_iou": None, "matched": 0.0, "n_gt": 1, "n_matched": 0}
+
+
+def test_box_only_results_are_refused_with_a_clear_error():
+    det = _det(*SQUARE, 0.9)
+    del det["segmentation"]
+    with pytest.raises(ValueError, match="segmentation"):
+        matched_mask_quality(_gt([SQUARE]), [det])

@@ -39,7 +39,8 @@ METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 IOU_TYPES = ("bbox", "segm")
 
 
-def _has_mask(ann: dict) -> bool:
+def has_mask(ann: dict) -> bool:
+    """True if a COCO annotation carries a usable mask (RLE, or a polygon of >= 3 points)."""
     seg = ann.get("segmentation")
     return bool(seg) and (isinstance(seg, dict) or any(len(p) >= 6 for p in seg))
 
@@ -53,7 +54,7 @@ def _fix_gt_annotation(ann: dict, index: int, sizes: dict) -> dict:
     if "area" in fixed and "bbox" in fixed:
         return fixed
     mask = segmentation_to_mask(fixed["segmentation"], *sizes[fixed["image_id"]]) \
-        if _has_mask(fixed) else None
+        if has_mask(fixed) else None
     if "bbox" not in fixed:
         if mask is None:
             raise ValueError(f"GT annotation #{index} (id {ann.get('id')}) has neither "
@@ -103,7 +104,7 @@ def _results_for(iou_type: str, results: list[dict]) -> list[dict]:
 def _skip_reason(iou_type: str, gt: dict, results: list[dict]) -> str | None:
     if iou_type != "segm":
         return None
-    n_gt = sum(not _has_mask(a) for a in gt["annotations"])
+    n_gt = sum(not has_mask(a) for a in gt["annotations"])
     if gt["annotations"] and n_gt:
         return (f"{n_gt} of {len(gt['annotations'])} GT annotations have no segmentation "
                 f"(a box-only GT file?)")
@@ -142,6 +143,16 @@ def load_gt_and_results(gt: str | os.PathLike | dict, results: str | os.PathLike
     if isinstance(results, list):
         return gt_data, validate_coco_results(results, gt_data)
     return gt_data, load_coco_results(results, gt_data)
+
+
+def indexed_coco(gt: dict, results: list[dict], *, verbose: bool = False):
+    """(coco_gt, coco_dt): pycocotools COCO objects for a GT dict (made evaluable by
+    `prepare_gt`) and checked results (`load_gt_and_results`), indexed, with the results'
+    masks and boxes kept (an empty result list gives an empty coco_dt)."""
+    keys = ("image_id", "category_id", "score", "bbox", "segmentation")
+    with _quiet(verbose):  # pycocotools prints while it indexes
+        coco_gt = _coco_from_dict(prepare_gt(gt))
+        return coco_gt, _load_res(coco_gt, [{k: r[k] for k in keys if k in r} for r in results])
 
 
 def evaluate_coco(gt: str | os.PathLike | dict, results: str | os.PathLike | list[dict],

@@ -20,8 +20,7 @@ from __future__ import annotations
 import os
 from collections import defaultdict
 
-from boxdepth.engine.evaluate import (_coco_from_dict, _has_mask, _load_res, _quiet, load_gt_and_results,
-                                      prepare_gt)
+from boxdepth.engine.evaluate import has_mask, indexed_coco, load_gt_and_results
 
 
 def _greedy_box_match(dets: list[dict], gts: list[dict], iou_threshold: float) -> list[tuple[dict, dict]]:
@@ -48,16 +47,16 @@ def matched_mask_quality(gt: dict | str | os.PathLike, results: list[dict] | str
     from pycocotools import mask as mask_utils
 
     gt, results = load_gt_and_results(gt, results)
-    with _quiet(False):  # pycocotools prints while it indexes
-        coco_gt = _coco_from_dict(prepare_gt(gt))
-        coco_dt = _load_res(coco_gt, [{k: r[k] for k in ("image_id", "category_id", "score", "bbox",
-                                                         "segmentation")} for r in results])
+    if any("segmentation" not in r for r in results):
+        raise ValueError("matched_mask_quality: every result needs a 'segmentation' (mask); "
+                         "box-only results have no mask to score")
+    coco_gt, coco_dt = indexed_coco(gt, results)
     by_key: dict[tuple, list[dict]] = defaultdict(list)
     for d in coco_dt.dataset["annotations"]:
         by_key[d["image_id"], d["category_id"]].append(d)
     gts_by_key: dict[tuple, list[dict]] = defaultdict(list)
     for g in coco_gt.dataset["annotations"]:
-        if not g.get("iscrowd") and _has_mask(g):
+        if not g.get("iscrowd") and has_mask(g):
             gts_by_key[g["image_id"], g["category_id"]].append(g)
     n_gt = sum(len(v) for v in gts_by_key.values())
     ious = []
