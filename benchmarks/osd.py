@@ -227,15 +227,8 @@ def quality_table(quality: dict, reference: str) -> str:
              f"{reference} (mask IoU) | seeds |", "| --- | --- | --- | --- | --- |"]
     for row, e in quality.items():
         sd = f" ± {e['mask_iou_std']:.1f}" if e["mask_iou_std"] is not None else ""
-        c = e["vs_reference"]
-        if row == reference:
-            verdict = "reference"
-        elif c is None and reference in quality:  # compare() needs 2 seeds on both sides
-            verdict = f"{e['mask_iou_mean'] - quality[reference]['mask_iou_mean']:+.1f} (no spread to compare with)"
-        elif c is None:
-            verdict = "-"
-        else:
-            verdict = table3.verdict_text(c)
+        diff = e["mask_iou_mean"] - quality[reference]["mask_iou_mean"] if reference in quality else None
+        verdict = table3.verdict_cell(row, reference, e["vs_reference"], diff)
         lines.append(f"| `{row}` | {e['mask_iou_mean']:.1f}{sd} | {e['matched_mean']:.1f} % | "
                      f"{verdict} | {e['n']} |")
     return "\n".join(lines)

@@ -166,17 +166,10 @@ def markdown_table(result: dict) -> str:
         def cell(k):  # one seed has no spread: no "± 0.0" that would read as a measured one
             sd = f" ± {100 * e[f'{k}_std']:.1f}" if e["n"] > 1 else ""
             return f"{100 * e[f'{k}_mean']:.1f}{sd}"
-        c = result["comparisons"].get(name)
-        if c is not None:
-            verdict = verdict_text(c)
-        elif name == ref:
-            verdict = "reference"
-        elif ref in result["summary"]:  # compare() needs 2 seeds on both sides
-            d = 100 * (e["segm_AP_mean"] - result["summary"][ref]["segm_AP_mean"])
-            few = "one seed" if e["n"] < 2 else f"one {ref} seed"
-            verdict = f"{d:+.1f} ({few}: no spread to compare with)"
-        else:
-            verdict = "-"
+        diff = (100 * (e["segm_AP_mean"] - result["summary"][ref]["segm_AP_mean"])
+                if ref in result["summary"] else None)
+        verdict = verdict_cell(name, ref, result["comparisons"].get(name), diff,
+                               "one seed" if e["n"] < 2 else f"one {ref} seed")
         lines.append(f"| `{name}` | {cell('bbox_AP')} | {cell('segm_AP')} | {cell('segm_AP50')} | "
                      f"{cell('segm_AP75')} | {verdict} | {e['n']} |")
     imp = result.get("imported") or {}
@@ -187,6 +180,20 @@ def markdown_table(result: dict) -> str:
         n = len(result["missing"])
         lines.append(f"\nNot run yet ({n} run{'s' if n > 1 else ''}): {_by_variant(result['missing'])}.")
     return "\n".join(lines)
+
+
+def verdict_cell(name: str, reference: str, comparison: dict | None, diff: float | None,
+                 few: str | None = None) -> str:
+    """A table's "vs reference" cell: the Welch verdict where `compare` had 2 seeds on both
+    sides, "reference" on the reference row, else the bare difference `diff` marked as
+    having no spread (`few` says why, e.g. "one seed"), or "-" without a reference."""
+    if comparison is not None:
+        return verdict_text(comparison)
+    if name == reference:
+        return "reference"
+    if diff is not None:
+        return f"{diff:+.1f} ({few + ': ' if few else ''}no spread to compare with)"
+    return "-"
 
 
 def _by_variant(runs: list[str]) -> str:
