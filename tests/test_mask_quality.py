@@ -76,3 +76,14 @@ def test_box_only_results_are_refused_with_a_clear_error():
     del det["segmentation"]
     with pytest.raises(ValueError, match="segmentation"):
         matched_mask_quality(_gt([SQUARE]), [det])
+
+
+
+def test_box_only_results_file_is_named_in_the_error(tmp_path):
+    import json
+    det = _det(*SQUARE, 0.9)
+    del det["segmentation"]
+    path = tmp_path / "dets.json"
+    path.write_text(json.dumps([det]))
+    with pytest.raises(ValueError, match=r"dets\.json: .*segmentation"):
+        matched_mask_quality(_gt([SQUARE]), path)

@@ -46,9 +46,10 @@ def matched_mask_quality(gt: dict | str | os.PathLike, results: list[dict] | str
     """Mean mask IoU of box-matched detections and the box recall (see the module doc)."""
     from pycocotools import mask as mask_utils
 
+    source = "results" if isinstance(results, list) else os.fspath(results)
     gt, results = load_gt_and_results(gt, results)
     if any("segmentation" not in r for r in results):
-        raise ValueError("matched_mask_quality: every result needs a 'segmentation' (mask); "
+        raise ValueError(f"{source}: every result needs a 'segmentation' (mask) for mask quality; "
                          "box-only results have no mask to score")
     coco_gt, coco_dt = indexed_coco(gt, results)
     by_key: dict[tuple, list[dict]] = defaultdict(list)
