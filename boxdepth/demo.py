@@ -101,8 +101,7 @@ FULL_VARIANTS = ["boxinst", "boxinst+cons", "boxinst+dg", "boxinst+cons+dg", "bo
                  "mask_supervised",
                  "boxinst+cons@exact", "boxinst+dg@exact", "boxinst+cons+dg@exact", "distill_match@exact",
                  "boxinst+gated", "boxinst+gated+dg", "boxinst+dg+distill_match", "distill_match+gated",
-                 "boxinst+distill_iou", "boxinst+edge", "boxinst+dg+edge", "boxinst+dg+distill_clean",
-                 "boxinst+dg+edge+distill_clean"]
+                 "boxinst+distill_iou", "boxinst+edge", "boxinst+dg+distill_clean"]
 FULL_SEEDS = 3
 FULL_BUDGET = 1000
 # rows computed from another variant's model: name -> (source variant, evaluation option)
