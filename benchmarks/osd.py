@@ -65,7 +65,7 @@ DEPTH_VARIANTS = ["boxinst+dg", "boxinst+cons+dg", "distill_match"]
 # masks on the DG head + depth-aware distillation row
 DESIGNED_VARIANTS = ["boxinst+edge", "boxinst+dg+distill_clean"]
 # their combinations, runnable with --rows but not in the default table: the edge term alone
-# is below BoxInst with both depth sources (README, "Real RGB-D"), and their 12 runs (~7 h
+# is below BoxInst with both depth sources (README, "Real RGB-D"), and their 12 runs (~6 h
 # here) would only ask whether the DG head rescues it
 COMBINED_VARIANTS = ["boxinst+dg+edge", "boxinst+dg+edge+distill_clean"]
 # test.json scene groups by frame number (data README): boxes 0-15, stacked 16-23, ...
