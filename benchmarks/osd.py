@@ -63,11 +63,10 @@ NO_DEPTH_ROWS = ["boxinst", "box_as_mask", "mask_supervised", "boxinst+distill_i
 DEPTH_VARIANTS = ["boxinst+dg", "boxinst+cons+dg", "distill_match"]
 # our two depth terms (issue 23, 4): the depth-edge pair term, and depth-cleaned pseudo
 # masks on the DG head + depth-aware distillation row
+# (their combinations, demo.COMBINED_VARIANTS, run with --rows but are not default rows: the
+# edge term alone is below BoxInst with both depth sources, README "Real RGB-D", and their
+# 12 runs, ~6 h of one core here, would only ask whether the DG head rescues it)
 DESIGNED_VARIANTS = ["boxinst+edge", "boxinst+dg+distill_clean"]
-# their combinations, runnable with --rows but not in the default table: the edge term alone
-# is below BoxInst with both depth sources (README, "Real RGB-D"), and their 12 runs (~6 h
-# here) would only ask whether the DG head rescues it
-COMBINED_VARIANTS = ["boxinst+dg+edge", "boxinst+dg+edge+distill_clean"]
 # test.json scene groups by frame number (data README): boxes 0-15, stacked 16-23, ...
 SCENES = (("boxes", 0, 15), ("stacked", 16, 23), ("occluded", 24, 30), ("cylinders", 31, 42),
           ("mixed", 43, 54), ("cluttered", 55, 65))

@@ -82,6 +82,9 @@ VARIANTS.update({
     "boxinst+dg+distill_clean": [*VARIANTS["boxinst+dg+distill_match"], _CLEAN],
     "boxinst+dg+edge+distill_clean": [*VARIANTS["boxinst+dg+distill_match"], _EDGE, _CLEAN],
 })
+# the designed terms' combinations with the DG head: run by name only, in neither the full
+# Table 3 nor osd.py's default rows (the edge term alone is below BoxInst on real photos)
+COMBINED_VARIANTS = ["boxinst+dg+edge", "boxinst+dg+edge+distill_clean"]
 FULL_METHOD = "distill_match"  # the paper's full method: L_cons + DG head + self-distillation
 # `boxdepth demo` (a newcomer's first quarter hour): BoxInst and the full method, side by
 # side on a multi-core CPU. The mask-supervised upper bound (`--variants ... mask_supervised`)

@@ -78,7 +78,6 @@ def test_box_only_results_are_refused_with_a_clear_error():
         matched_mask_quality(_gt([SQUARE]), [det])
 
 
-
 def test_box_only_results_file_is_named_in_the_error(tmp_path):
     import json
     det = _det(*SQUARE, 0.9)

@@ -44,7 +44,7 @@ def test_rows_name_their_depth_source_and_only_depth_rows_have_one():
         assert f"{v}@sensor" in rows and f"{v}@pydnet" in rows
     for v in osd.DESIGNED_VARIANTS:
         assert f"{v}@sensor" in rows and f"{v}@pydnet" in rows
-    for v in osd.COMBINED_VARIANTS:  # runnable by name, not in the default table
+    for v in osd.demo.COMBINED_VARIANTS:  # runnable by name, not in the default table
         assert f"{v}@pydnet" not in rows
         osd.check_row(f"{v}@pydnet")
     for row in rows:
